@@ -1,0 +1,18 @@
+"""CLIP-ES: pseudo masks for weakly supervised semantic segmentation from a frozen CLIP.
+
+The package holds every algorithm and all I/O of the project; the command-line
+entry points in ``scripts/`` and the Snakemake rules in ``workflow/`` only call it.
+
+Modules, one per concept of the method:
+
+- :mod:`clipes.model`     loading CLIP (open_clip names or OpenAI-format files)
+- :mod:`clipes.text`      class lists, prompts, background sets, prompt selection
+- :mod:`clipes.cam`       preprocessing and softmax-GradCAM (reference / batched)
+- :mod:`clipes.affinity`  CAA: Sinkhorn affinity, box masks, refinement
+- :mod:`clipes.crf`       background score, dense CRF, confidence masks
+- :mod:`clipes.metrics`   confusion-matrix mIoU and the background-power sweep
+- :mod:`clipes.datasets`  VOC12, COCO14, custom and synthetic datasets
+- :mod:`clipes.io`        atomic file writing, CAM archives, palette PNGs
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,122 @@
+"""Argument groups and error handling shared by the stage scripts in ``scripts/``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import datasets
+
+
+def add_dataset_args(p: argparse.ArgumentParser, need_split: bool = True) -> None:
+    g = p.add_argument_group("dataset")
+    g.add_argument("--dataset", required=True, choices=["voc12", "coco14", "custom", "synthetic"],
+                   help="dataset kind (custom/synthetic: a folder of images, a class list, a CSV)")
+    g.add_argument("--root", required=True, type=Path, help="dataset root folder")
+    g.add_argument("--split", required=need_split, type=Path,
+                   help="split file: one id per line (COCO: '<id> <label> ...')")
+    g.add_argument("--classes", type=Path,
+                   help="custom: class list (YAML list of names or {name, synonyms}, or a text "
+                        "file 'name: synonym, synonym' per line)")
+    g.add_argument("--labels", type=Path, help="custom: CSV with columns image,labels (';'-separated)")
+    g.add_argument("--background", type=Path,
+                   help="custom: background words, one per line (default: the VOC12 set)")
+    g.add_argument("--no-reference-quirks", action="store_true",
+                   help="fix the reference's quirks in class prompts and labels "
+                        "(COCO 'sknowboard', repeated COCO labels)")
+
+
+def read_class_list(path: Path) -> list:
+    """Class entries from YAML/JSON (a list) or text ('name: syn, syn' per line)."""
+    if not path.is_file():
+        raise datasets.DatasetError(f"class list not found: {path}")
+    if path.suffix in (".yaml", ".yml", ".json"):
+        import yaml
+
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict) and "classes" in data:
+            data = data["classes"]
+        if not isinstance(data, list):
+            raise datasets.DatasetError(f"{path}: expected a list of classes")
+        return data
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, syn = line.partition(":")
+        words = [w.strip() for w in syn.split(",") if w.strip()]
+        out.append({"name": name.strip(), "synonyms": words} if words else name.strip())
+    return out
+
+
+def dataset_from_args(args, need_gt: bool = False) -> datasets.Dataset:
+    reference = not args.no_reference_quirks
+    if args.dataset in ("custom", "synthetic"):
+        if args.classes is None or args.labels is None:
+            raise datasets.DatasetError("--dataset custom needs --classes and --labels")
+        bg = None
+        if args.background is not None:
+            bg = [w.strip() for w in args.background.read_text().splitlines() if w.strip()]
+        ds = datasets.load_custom(args.root, read_class_list(args.classes), args.labels,
+                                  split=args.split, background=bg)
+        ds.name = args.dataset
+        return ds
+    return datasets.load(args.dataset, args.root, args.split, need_gt=need_gt,
+                         reference=reference)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", type=Path,
+                   help="OpenAI-format CLIP checkpoint (state dict or TorchScript); overrides --model")
+    g.add_argument("--model", default="ViT-B-16", help="open_clip model name (default ViT-B-16)")
+    g.add_argument("--pretrained", default="openai", help="open_clip pretrained tag (default openai)")
+    g.add_argument("--cache-dir", help="where open_clip keeps downloaded weights")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use cpu")
+    return name
+
+
+def load_model(args):
+    from .model import load_clip
+
+    return load_clip(args.model, args.pretrained, args.checkpoint,
+                     device=resolve_device(args.device), cache_dir=args.cache_dir)
+
+
+def write_skips(path: Path | None, skipped: list[dict]) -> None:
+    if path is not None:
+        from .io import write_json
+
+        write_json(path, {"skipped": skipped, "count": len(skipped)})
+    for s in skipped:
+        print(f"skipped {s['id']}: {s['reason']}", file=sys.stderr)
+
+
+def run(main) -> None:
+    """Run a script's main; known input errors end with one clear line and exit code 2."""
+    from .model import ClipLoadError
+
+    t0 = time.time()
+    try:
+        main()
+    except (datasets.DatasetError, ClipLoadError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"done in {time.time() - t0:.1f} s", file=sys.stderr)
+
+
+def dump_json(obj) -> str:
+    return json.dumps(obj, indent=1)

@@ -1,0 +1,314 @@
+"""Datasets: VOC12 (with SegmentationClassAug), COCO14, and a user's own images.
+
+Every dataset yields :class:`Sample` records: the image path, the ordered class indices
+(``keys``, 0-based into the dataset's class list, in the reference order), the original
+size the reference uses, and the ground-truth mask path where one exists.
+
+Bad input fails with a :class:`DatasetError` naming the file and the fix; an image with
+an empty label list is not an error but a recorded skip (see :func:`split_skips`).
+"""
+
+from __future__ import annotations
+
+import csv
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import text
+
+VOC12_DOWNLOAD = (
+    "Download VOCtrainval_11-May-2012.tar from the PASCAL VOC 2012 site and "
+    "SegmentationClassAug.zip (the SBD-augmented masks used by WSSS papers), and lay them "
+    "out as ROOT/JPEGImages, ROOT/Annotations, ROOT/SegmentationClassAug, "
+    "ROOT/ImageSets/Segmentation (see README, 'Reproducing VOC12')")
+COCO14_DOWNLOAD = (
+    "Download train2014.zip and val2014.zip from cocodataset.org and the semantic masks "
+    "(0 = background, 1..80), and lay them out as ROOT/JPEGImages and "
+    "ROOT/SegmentationClass (see README, 'Reproducing COCO14')")
+
+
+class DatasetError(ValueError):
+    """Bad or missing input; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image: Path
+    keys: tuple[int, ...]  # class indices (0-based, no background), reference order
+    orig_hw: tuple[int, int]  # size used for the outputs (H, W)
+    gt: Path | None = None  # label PNG: 0 = background, k + 1 = class k, 255 = ignore
+
+
+@dataclass
+class Dataset:
+    name: str  # "voc12" | "coco14" | "custom" | "synthetic"
+    root: Path
+    classes: list[text.ClassSpec]
+    background: tuple[str, ...]
+    samples: list[Sample]
+    skipped: list[dict]  # images left out, with the reason
+
+    @property
+    def n_classes(self) -> int:
+        """Label values including background (0)."""
+        return len(self.classes) + 1
+
+    @property
+    def class_names(self) -> list[str]:
+        return ["background"] + [c.name for c in self.classes]
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image; unreadable or truncated files raise DatasetError."""
+    try:
+        im = Image.open(path)
+        im.load()
+        return im
+    except FileNotFoundError:
+        raise DatasetError(f"image not found: {path}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}. The file is corrupt or "
+                           f"truncated: download it again or remove its id from the split") from e
+
+
+def image_size_hw(path: Path) -> tuple[int, int]:
+    """(H, W) from the image header, without decoding."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except FileNotFoundError:
+        raise DatasetError(f"image not found: {path}") from None
+    except (OSError, SyntaxError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from e
+
+
+def _require_dir(path: Path, what: str, hint: str) -> None:
+    if not path.is_dir():
+        raise DatasetError(f"missing folder {path} ({what}). {hint}")
+
+
+def read_split(path) -> list[list[str]]:
+    """Non-empty lines of a split file, split on white space."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"split file not found: {path}")
+    rows = [ln.split() for ln in path.read_text().splitlines()]
+    rows = [r for r in rows if r and not r[0].startswith("#")]
+    if not rows:
+        raise DatasetError(f"split file {path} lists no images")
+    return rows
+
+
+# ------------------------------------------------------------------------------- VOC12
+def voc_xml_labels(xml_path: Path, class_index: dict[str, int]):
+    """(keys in document order without repeats, (H, W) from <size>) of a VOC XML."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except FileNotFoundError:
+        raise DatasetError(f"annotation not found: {xml_path}") from None
+    except ET.ParseError as e:
+        raise DatasetError(f"cannot parse VOC annotation {xml_path}: {e}") from e
+    keys: list[int] = []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in class_index:
+            raise DatasetError(f"{xml_path}: unknown class name {name!r}; expected one of "
+                               f"{sorted(class_index)}")
+        if class_index[name] not in keys:
+            keys.append(class_index[name])
+    size = root.find("size")
+    try:
+        hw = (int(size.findtext("height")), int(size.findtext("width")))
+    except (AttributeError, TypeError, ValueError):
+        raise DatasetError(f"{xml_path}: missing or invalid <size><height>/<width>") from None
+    return keys, hw
+
+
+def load_voc12(root, split, check_sizes: bool = True, need_gt: bool = False,
+               reference: bool = True) -> Dataset:
+    root = Path(root)
+    for sub, what in (("JPEGImages", "images"), ("Annotations", "XML labels")):
+        _require_dir(root / sub, what, VOC12_DOWNLOAD)
+    if need_gt:
+        _require_dir(root / "SegmentationClassAug", "ground-truth masks", VOC12_DOWNLOAD)
+    classes = text.dataset_classes("voc12", reference)
+    index = {c.name: i for i, c in enumerate(classes)}
+    samples, skipped = [], []
+    for row in read_split(split):
+        iid = row[0]
+        xml = root / "Annotations" / f"{iid}.xml"
+        keys, hw = voc_xml_labels(xml, index)
+        img = root / "JPEGImages" / f"{iid}.jpg"
+        if not img.is_file():
+            raise DatasetError(f"image not found: {img} (listed in {split})")
+        if check_sizes:
+            real = image_size_hw(img)
+            if real != hw:
+                raise DatasetError(f"{xml}: <size> says {hw[1]}x{hw[0]} but {img} is "
+                                   f"{real[1]}x{real[0]}; fix the annotation or the image")
+        gt = root / "SegmentationClassAug" / f"{iid}.png"
+        gt = gt if gt.is_file() else None
+        if need_gt and gt is None:
+            raise DatasetError(f"ground-truth mask not found: "
+                               f"{root / 'SegmentationClassAug' / (iid + '.png')}")
+        if not keys:
+            skipped.append({"id": iid, "reason": f"no object in {xml}"})
+            continue
+        samples.append(Sample(iid, img, tuple(keys), hw, gt))
+    return Dataset("voc12", root, classes, text.VOC12_BACKGROUND, samples, skipped)
+
+
+# ------------------------------------------------------------------------------ COCO14
+def _coco_file(root: Path, sub: str, iid: str, ext: str) -> Path:
+    """ROOT/SUB/<id>.ext, or ROOT/SUB/{train2014,val2014}/<id>.ext as COCO ships it."""
+    flat = root / sub / f"{iid}{ext}"
+    if flat.is_file():
+        return flat
+    for part in ("train2014", "val2014"):
+        if part in iid:
+            nested = root / sub / part / f"{iid}{ext}"
+            if nested.is_file():
+                return nested
+    return flat
+
+
+def load_coco14(root, split, need_gt: bool = False, reference: bool = True) -> Dataset:
+    root = Path(root)
+    _require_dir(root / "JPEGImages", "images", COCO14_DOWNLOAD)
+    if need_gt:
+        _require_dir(root / "SegmentationClass", "ground-truth masks", COCO14_DOWNLOAD)
+    classes = text.dataset_classes("coco14", reference)
+    samples, skipped = [], []
+    for row in read_split(split):
+        iid = row[0]
+        try:
+            labels = [int(v) for v in row[1:]]
+        except ValueError:
+            raise DatasetError(f"{split}: line for {iid} has a non-integer label: "
+                               f"{' '.join(row[1:])}") from None
+        bad = [v for v in labels if not 0 <= v < len(classes)]
+        if bad:
+            raise DatasetError(f"{split}: {iid} has labels {bad} outside 0..{len(classes) - 1}")
+        if not reference:
+            labels = list(dict.fromkeys(labels))  # the reference keeps repeats as written
+        img = _coco_file(root, "JPEGImages", iid, ".jpg")
+        if not img.is_file():
+            raise DatasetError(f"image not found: {img} (listed in {split})")
+        gt = _coco_file(root, "SegmentationClass", iid, ".png")
+        gt = gt if gt.is_file() else None
+        if need_gt and gt is None:
+            raise DatasetError(f"ground-truth mask not found for {iid} under "
+                               f"{root / 'SegmentationClass'}")
+        if not labels:
+            skipped.append({"id": iid, "reason": f"no label on its line in {split}"})
+            continue
+        samples.append(Sample(iid, img, tuple(labels), image_size_hw(img), gt))
+    return Dataset("coco14", root, classes, text.COCO14_BACKGROUND, samples, skipped)
+
+
+# ------------------------------------------------------------------------------ custom
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def load_custom(root, classes: list, labels_csv, split=None, images_dir="images",
+                masks_dir: str | None = "masks", background: list[str] | None = None) -> Dataset:
+    """A user's dataset: ROOT/images/<id>.<ext>, a class list (names, or {name, synonyms}),
+    a CSV with columns ``image,labels`` (labels separated by ';'), optional
+    ROOT/masks/<id>.png ground truth. ``split``: a file of ids to keep (default: all rows).
+    """
+    root = Path(root)
+    _require_dir(root / images_dir, "images", "Put your images there, one file per image.")
+    specs = text.class_specs_from_config(classes)
+    index = {c.name: i for i, c in enumerate(specs)}
+    labels_csv = Path(labels_csv)
+    if not labels_csv.is_file():
+        raise DatasetError(f"label table not found: {labels_csv} (a CSV with columns "
+                           f"'image,labels', labels separated by ';')")
+    keep = {r[0] for r in read_split(split)} if split else None
+    samples, skipped = [], []
+    with labels_csv.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"image", "labels"} <= set(reader.fieldnames):
+            raise DatasetError(f"{labels_csv}: needs the columns 'image' and 'labels', found "
+                               f"{reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            iid = Path(row["image"]).stem
+            if keep is not None and iid not in keep:
+                continue
+            names = [n.strip() for n in (row["labels"] or "").split(";") if n.strip()]
+            unknown = [n for n in names if n not in index]
+            if unknown:
+                raise DatasetError(f"{labels_csv}:{line}: unknown class names {unknown} for "
+                                   f"{iid}; the class list has {sorted(index)}")
+            img = _find_image(root / images_dir, row["image"])
+            keys = list(dict.fromkeys(index[n] for n in names))
+            gt = root / masks_dir / f"{iid}.png" if masks_dir else None
+            gt = gt if gt is not None and gt.is_file() else None
+            if not keys:
+                skipped.append({"id": iid, "reason": f"empty label list in {labels_csv}:{line}"})
+                continue
+            samples.append(Sample(iid, img, tuple(keys), image_size_hw(img), gt))
+    if not samples and not skipped:
+        raise DatasetError(f"{labels_csv}: no image rows")
+    bg = tuple(background) if background is not None else text.VOC12_BACKGROUND
+    return Dataset("custom", root, specs, bg, samples, skipped)
+
+
+def _find_image(folder: Path, name: str) -> Path:
+    p = folder / name
+    if p.is_file():
+        return p
+    for ext in IMAGE_EXTS:
+        q = folder / f"{Path(name).stem}{ext}"
+        if q.is_file():
+            return q
+    raise DatasetError(f"image {name!r} not found in {folder} (tried {IMAGE_EXTS})")
+
+
+def load(name: str, root, split, **kw) -> Dataset:
+    """Dispatch on the dataset kind (``voc12``, ``coco14``, ``custom``)."""
+    if name == "voc12":
+        return load_voc12(root, split, **kw)
+    if name == "coco14":
+        return load_coco14(root, split, **kw)
+    if name in ("custom", "synthetic"):
+        ds = load_custom(root, split=split, **kw)
+        ds.name = name
+        return ds
+    raise DatasetError(f"unknown dataset kind {name!r}: expected voc12, coco14 or custom")
+
+
+def group_by_input_size(samples: list[Sample], patch: int = 16) -> dict:
+    """Samples keyed by their model input size (h, w), in first-seen order."""
+    from .cam import input_size
+
+    groups: dict[tuple[int, int], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(input_size(s.orig_hw, patch), []).append(s)
+    return groups
+
+
+def shard(samples: list, index: int, count: int) -> list:
+    """Every count-th sample starting at index (0-based): stable, balanced shards."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} outside 0..{count - 1}")
+    return samples[index::count]
+
+
+def load_gt(sample: Sample, expect_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """The ground-truth label map of a sample (H, W) uint8; size checked when given."""
+    from .io import load_mask
+
+    if sample.gt is None:
+        raise DatasetError(f"no ground-truth mask for {sample.id}")
+    gt = load_mask(sample.gt)
+    hw = expect_hw or sample.orig_hw
+    if gt.shape != tuple(hw):
+        raise DatasetError(f"{sample.gt} is {gt.shape[1]}x{gt.shape[0]} but the image is "
+                           f"{hw[1]}x{hw[0]}; the mask does not belong to {sample.image}")
+    return gt

@@ -1,0 +1,111 @@
+"""File I/O: atomic writes, CAM archives and palette PNG masks.
+
+Every output is written to a temporary file in the destination folder and renamed into
+place, so an interrupted run never leaves a half-written file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IGNORE = 255  # label value ignored by metrics and by the segmentation loss
+
+# CAM archive format (one .npz per image):
+#   keys  int64   (K,)       class indices (0-based into the dataset's class list), label order
+#   cams  float16 (K, H, W)  refined CAMs in [0, 1] at the original image size
+CAM_DTYPE = np.float16
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=suffix if suffix is not None else path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def save_cams(path, keys: np.ndarray, cams: np.ndarray, **extra: np.ndarray) -> None:
+    """Write one image's CAM archive (see the format above); ``extra`` arrays are added."""
+    arrays = {"keys": np.asarray(keys, dtype=np.int64),
+              "cams": np.asarray(cams).astype(CAM_DTYPE)}
+    arrays.update(extra)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def load_cams(path) -> tuple[np.ndarray, np.ndarray]:
+    """(keys (K,) int64, cams (K, H, W) float16) of a CAM archive."""
+    try:
+        with np.load(path) as z:
+            return z["keys"].astype(np.int64), z["cams"]
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: not a CAM archive with 'keys' and 'cams' ({e}); "
+                         f"delete it and rerun the CAM stage") from e
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (256 entries, flattened RGB)."""
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+def save_mask(path, mask: np.ndarray, palette: bool = True) -> None:
+    """Write a label map (H, W) uint8 as a PNG (palette by default; 255 = ignore)."""
+    img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))  # mode L
+    if palette:
+        img.putpalette(voc_palette())  # L -> P, indices unchanged
+    with atomic_path(path, suffix=".png") as tmp:
+        img.save(tmp, format="PNG")
+
+
+def load_mask(path) -> np.ndarray:
+    """A label PNG (palette or grey) as its index values (H, W) uint8."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L", "I", "I;16"):
+                raise ValueError(f"mode {im.mode}: expected a palette or grey label PNG")
+            return np.asarray(im).astype(np.uint8)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable label mask ({e})") from e

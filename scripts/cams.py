@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Stage 2+3: softmax-GradCAM + CAA refined CAMs, one OUT/<id>.npz per image.
+
+Each archive holds ``keys`` (int64, class indices in label order) and ``cams``
+(float16, K x H x W at the original image size: the reference ``attn_highres``).
+
+Example (the paper's setting on VOC12 train):
+    python scripts/cams.py --dataset voc12 --root data/VOC2012 \
+        --split data/VOC2012/ImageSets/Segmentation/train.txt \
+        --checkpoint ViT-B-16.pt --out results/cams
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clipes import affinity, cam, cli, datasets, io, text  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_dataset_args(p)
+    cli.add_model_args(p)
+    p.add_argument("--out", required=True, type=Path, help="output folder for <id>.npz")
+    g = p.add_argument_group("method")
+    g.add_argument("--mode", choices=cam.MODES, default="reference",
+                   help="reference: one backward per class as the authors; batched: all classes "
+                        "(and several images of one size) in one pass. Same numbers.")
+    g.add_argument("--template", default=text.REFERENCE_TEMPLATE, help="prompt template")
+    g.add_argument("--synonym-fusion", choices=["sentence", "average"], default="sentence",
+                   help="sentence (reference) or averaged synonym embeddings")
+    g.add_argument("--box-threshold", type=float,
+                   help="CAA box threshold (default 0.4 VOC/custom, 0.7 COCO)")
+    g.add_argument("--no-caa", action="store_true", help="ablation: plain softmax-GradCAM")
+    g.add_argument("--no-background", action="store_true", help="ablation: no background texts")
+    g.add_argument("--no-softmax", action="store_true", help="ablation: Grad-CAM of the logit")
+    g.add_argument("--no-box-border-clip", action="store_true",
+                   help="improvement: boxes may include the last patch row/column")
+    g.add_argument("--batch-size", type=int, default=4, help="images of one size per pass (batched)")
+    g.add_argument("--autocast", choices=["fp16", "bf16"], help="CUDA mixed precision")
+    r = p.add_argument_group("run")
+    r.add_argument("--shard", default="0/1", help="I/N: process every N-th image from the I-th")
+    r.add_argument("--resume", action="store_true", help="keep archives that already exist")
+    r.add_argument("--dump-intermediates", action="store_true",
+                   help="also store the intermediate arrays (dbg_* keys) in each archive")
+    r.add_argument("--skips", type=Path, help="JSON file recording skipped images")
+    r.add_argument("--records", type=Path, help="TSV of per-image timings (written last)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ds = cli.dataset_from_args(args)
+    cli.write_skips(args.skips, ds.skipped)
+    idx, _, count = args.shard.partition("/")
+    samples = datasets.shard(ds.samples, int(idx), int(count or 1))
+    clip = cli.load_model(args)
+    device = cli.resolve_device(args.device)
+    fg, bg = text.dataset_text_features(clip, ds.classes, ds.background, args.template,
+                                        args.synonym_fusion, device)
+    cfg = cam.CamConfig(
+        mode=args.mode,
+        box_threshold=args.box_threshold or affinity.BOX_THRESHOLD.get(args.dataset, 0.4),
+        use_caa=not args.no_caa, use_background=not args.no_background,
+        use_softmax=not args.no_softmax, clip_box_border=not args.no_box_border_clip,
+        batch_size=args.batch_size, autocast=args.autocast, dump=args.dump_intermediates)
+    engine = cam.CamEngine(clip, fg, bg, cfg, device)
+    records = cam.run_dataset(engine, samples, args.out, resume=args.resume,
+                              dump=args.dump_intermediates)
+    if args.records:
+        import pandas as pd
+
+        io.write_text(args.records, pd.DataFrame(records, columns=["id", "seconds", "n_classes", "reused"])
+                      .to_csv(sep="\t", index=False))
+
+
+if __name__ == "__main__":
+    cli.run(main)
