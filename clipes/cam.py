@@ -89,6 +89,7 @@ class CamConfig:
     batch_size: int = 4  # images of one size per pass (batched mode)
     autocast: str | None = None  # None | "fp16" | "bf16" (CUDA only)
     dump: bool = False  # keep intermediate arrays (for parity checks and debugging)
+    dump_deep: bool = False  # reference mode: also tokens, activations, gradients, all attention
 
 
 @dataclass
@@ -164,6 +165,7 @@ class CamEngine:
             tokens = tw.embed(image[None].to(self.device))
             x, attn = tw.trunk(tokens, keep_attn_from=0)  # all blocks' weights, as the authors
         extras = _Dump(self.cfg.dump)
+        deep = _Dump(self.cfg.dump and self.cfg.dump_deep)
         refined, cams_norm = [], []
         attn8 = None
         for k in range(len(keys)):
@@ -174,16 +176,20 @@ class CamEngine:
                 (grad,) = torch.autograd.grad(target[k], a)
             weights, raw, cam = gradcam_from_grads(a[0, 1:].detach().float(), grad[0, 1:].float())
             cam_grid = cam.view(grid)
+            deep.add_class(gradients=grad[0, 1:].T.reshape(-1, *grid))
             if attn8 is None:  # the authors average the attention once, at the first class
                 attn8 = torch.stack([*attn, w_last.detach()][-CAA_LAYERS:]).float().mean(0)[0, 1:, 1:]
             if self.cfg.use_caa:
                 # rebuilt for every class, as in the reference loop
                 trans = affinity.transition_matrix(attn8, self.cfg.sinkhorn_rounds)
+                if k == 0:
+                    deep.add_image(trans_mat=trans)
                 mask, boxes = affinity.box_mask(cam_grid.cpu().numpy(), self.cfg.box_threshold,
                                                 self.cfg.clip_box_border)
                 ref_raw = affinity.refine(trans, torch.from_numpy(mask).to(trans), cam_grid[None])[0]
-                extras.add_class(mask=mask, boxes=boxes, k=k, cam_refined_raw=ref_raw)
                 out_map = minmax_norm(ref_raw)
+                extras.add_class(mask=mask, boxes=boxes, k=k, cam_refined_raw=ref_raw,
+                                 cam_refined_norm=out_map)
             else:
                 out_map = cam_grid
             refined.append(out_map)
@@ -192,6 +198,10 @@ class CamEngine:
         extras.add_image(probs=probs, logits=logits, text_features_used=cand,
                          image_feature=tw.pool_patches(out.detach())[0], attn_mean8=attn8,
                          grid_hw=grid)
+        deep.add_image(pos_embed_used=tw.pos_embed(grid), tokens_in_last_block=x[0],
+                       ln1_last_out=a[0, 1:].detach().T.reshape(-1, *grid),
+                       attn_layers=torch.stack([*attn, w_last.detach()])[:, 0])
+        extras.merge(deep)
         return self._finish(keys, torch.stack(refined), orig_hw, extras)
 
     # ---------------------------------------------------------------- batched mode
@@ -242,7 +252,7 @@ class CamEngine:
                 ref_raw = affinity.refine(trans, torch.from_numpy(np.stack(masks)).to(trans), cam_i)
                 out_maps = minmax_norm(ref_raw)
                 for k in range(n_k):
-                    extras.add_class(cam_refined_raw=ref_raw[k])
+                    extras.add_class(cam_refined_raw=ref_raw[k], cam_refined_norm=out_maps[k])
             else:
                 out_maps = cam_i
             for k in range(n_k):
@@ -259,8 +269,9 @@ class CamEngine:
         """maps_grid (K, gh, gw) -> bilinear to the original (H, W), as cv2.resize."""
         hi = F.interpolate(maps_grid[None].float(), size=tuple(orig_hw), mode="bilinear",
                            align_corners=False)[0]
-        return CamResult(keys=keys, cams=hi.cpu().numpy().astype(np.float32),
-                         extras=extras.arrays())
+        cams = hi.cpu().numpy().astype(np.float32)
+        extras.add_image(attn_highres_f32=cams)
+        return CamResult(keys=keys, cams=cams, extras=extras.arrays())
 
 
 class _Dump:
@@ -289,6 +300,11 @@ class _Dump:
     def add_image(self, **arrays):
         if self.enabled:
             self.image.update({n: self._np(v) for n, v in arrays.items()})
+
+    def merge(self, other: "_Dump") -> None:
+        if other.enabled:
+            self.per_class.update(other.per_class)
+            self.image.update(other.image)
 
     def arrays(self) -> dict:
         if not self.enabled:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,13 +10,14 @@ from pathlib import Path
 from . import datasets
 
 
-def add_dataset_args(p: argparse.ArgumentParser, need_split: bool = True) -> None:
+def add_dataset_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dataset")
     g.add_argument("--dataset", required=True, choices=["voc12", "coco14", "custom", "synthetic"],
                    help="dataset kind (custom/synthetic: a folder of images, a class list, a CSV)")
     g.add_argument("--root", required=True, type=Path, help="dataset root folder")
-    g.add_argument("--split", required=need_split, type=Path,
-                   help="split file: one id per line (COCO: '<id> <label> ...')")
+    g.add_argument("--split", type=Path,
+                   help="split file: one id per line (COCO: '<id> <label> ...'); required for "
+                        "voc12/coco14, optional for custom (default: every row of --labels)")
     g.add_argument("--classes", type=Path,
                    help="custom: class list (YAML list of names or {name, synonyms}, or a text "
                         "file 'name: synonym, synonym' per line)")
@@ -65,6 +65,8 @@ def dataset_from_args(args, need_gt: bool = False) -> datasets.Dataset:
                                   split=args.split, background=bg)
         ds.name = args.dataset
         return ds
+    if args.split is None:
+        raise datasets.DatasetError(f"--dataset {args.dataset} needs --split FILE")
     return datasets.load(args.dataset, args.root, args.split, need_gt=need_gt,
                          reference=reference)
 
@@ -116,7 +118,3 @@ def run(main) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"done in {time.time() - t0:.1f} s", file=sys.stderr)
-
-
-def dump_json(obj) -> str:
-    return json.dumps(obj, indent=1)

@@ -82,3 +82,51 @@ def bg_power_sweep(per_power: dict[float, dict]) -> dict:
         "chosen_is_oracle": True,
         "at_chosen": per_power[best],
     }
+
+
+def evaluate_cam_dir(samples, cam_dir, n_classes: int, powers=(1, 2)) -> dict:
+    """mIoU of CAM archives at each background power, and the oracle choice.
+
+    Labels = argmax of [(1 - max cam)^p ; cams] computed in float16 as the reference.
+    """
+    from pathlib import Path
+
+    from .crf import cam_labels
+    from .datasets import load_gt
+    from .io import load_cams
+
+    cms = {p: ConfusionMatrix(n_classes) for p in powers}
+    for s in samples:
+        keys, cams = load_cams(Path(cam_dir) / f"{s.id}.npz")
+        gt = load_gt(s, cams.shape[1:])
+        for p in powers:
+            cms[p].update(gt, cam_labels(keys, cams, p))
+    out = bg_power_sweep({p: cm.scores() for p, cm in cms.items()})
+    out["n_images"] = len(samples)
+    return out
+
+
+def evaluate_mask_dir(samples, mask_dir, n_classes: int) -> dict:
+    """mIoU of label PNGs. Predicted 255 (ignored, low confidence) pixels are left out of
+    the confusion matrix; ``coverage`` is the fraction of valid ground-truth pixels that
+    carry a label."""
+    from pathlib import Path
+
+    from .datasets import load_gt
+    from .io import load_mask
+
+    cm = ConfusionMatrix(n_classes)
+    labelled = valid = 0
+    for s in samples:
+        pred = load_mask(Path(mask_dir) / f"{s.id}.png")
+        gt = load_gt(s, pred.shape).copy()
+        ok = gt != IGNORE
+        valid += int(ok.sum())
+        keep = pred != IGNORE
+        labelled += int((ok & keep).sum())
+        gt[~keep] = IGNORE
+        cm.update(gt, pred)
+    out = cm.scores()
+    out["coverage"] = labelled / valid if valid else float("nan")
+    out["n_images"] = len(samples)
+    return out

@@ -1,0 +1,94 @@
+"""Model loading, any input size, and the two Grad-CAM modes agreeing."""
+
+import numpy as np
+import pytest
+import torch
+
+from clipes import cam, model, text
+
+
+def test_resize_pos_embed_identity_and_rounding():
+    torch.manual_seed(0)
+    table = torch.randn(1 + 4 * 4, 8)
+    same = model.resize_pos_embed(table, (4, 4), (4, 4), round_fp16=False)
+    torch.testing.assert_close(same, table)
+    up = model.resize_pos_embed(table, (4, 4), (6, 3), round_fp16=True)
+    assert up.shape == (1 + 18, 8)
+    torch.testing.assert_close(up[0], table[0].half().float())  # CLS row unchanged (but rounded)
+    assert torch.equal(up, up.half().float())
+
+
+def test_missing_checkpoint_says_how_to_supply_weights(tmp_path):
+    with pytest.raises(model.ClipLoadError, match="--checkpoint|checkpoint unset"):
+        model.load_clip(checkpoint=tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(model.ClipLoadError, match="OpenAI-format"):
+        model.load_clip(checkpoint=bad)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(model.ClipLoadError, match="list_pretrained"):
+        model.load_clip("ViT-Nope-99", pretrained=None)
+
+
+def test_tiny_checkpoint_loads_frozen_with_quickgelu(tiny_clip):
+    assert all(not p.requires_grad for p in tiny_clip.model.parameters())
+    assert float(tiny_clip.logit_scale.exp()) == pytest.approx(100.02986, abs=1e-4)
+    assert len(model.VisionTower(tiny_clip).blocks) == 12
+
+
+def _engine(clip, mode, **kw):
+    specs = text.dataset_classes("voc12")
+    fg, bg = text.dataset_text_features(clip, specs, text.VOC12_BACKGROUND)
+    return cam.CamEngine(clip, fg, bg, cam.CamConfig(mode=mode, dump=True, **kw))
+
+
+@pytest.mark.parametrize("hw", [(37, 53), (64, 304), (16, 16)])
+def test_any_input_size_and_modes_agree(tiny_clip, hw):
+    torch.manual_seed(1)
+    size = cam.input_size(hw)
+    images = [torch.randn(3, *size) for _ in range(3)]
+    keys = [np.array([3, 1]), np.array([0]), np.array([5, 2, 9])]
+    ref = _engine(tiny_clip, "reference").run(images, keys, [hw] * 3)
+    bat = _engine(tiny_clip, "batched", batch_size=3).run(images, keys, [hw] * 3)
+    for r, b, k in zip(ref, bat, keys):
+        assert r.cams.shape == (len(k), *hw)
+        np.testing.assert_array_equal(r.keys, k)
+        np.testing.assert_allclose(r.cams, b.cams, atol=1e-4)
+        np.testing.assert_array_equal(r.extras["box_mask"], b.extras["box_mask"])
+        np.testing.assert_allclose(r.extras["grayscale_cam"], b.extras["grayscale_cam"], atol=2e-4)
+
+
+def test_ablation_switches_change_the_maps(tiny_clip):
+    torch.manual_seed(2)
+    hw = (48, 64)
+    images = [torch.randn(3, *hw)]
+    keys = [np.array([4, 7])]
+    base = _engine(tiny_clip, "batched").run(images, keys, [hw])[0]
+    no_caa = _engine(tiny_clip, "batched", use_caa=False).run(images, keys, [hw])[0]
+    np.testing.assert_allclose(no_caa.cams[:, ::16, ::16].shape, base.cams[:, ::16, ::16].shape)
+    assert "box_mask" not in no_caa.extras
+    assert not np.allclose(base.cams, no_caa.cams)
+    no_bg = _engine(tiny_clip, "batched", use_background=False).run(images, keys, [hw])[0]
+    assert no_bg.extras["probs"].shape == (2,)
+    no_sm = _engine(tiny_clip, "reference", use_softmax=False).run(images, keys, [hw])[0]
+    assert not np.allclose(no_sm.extras["grayscale_cam"], base.extras["grayscale_cam"])
+
+
+def test_gradcam_normalisation_twice_with_absolute_eps():
+    acts = torch.tensor([[[1.0], [2.0], [3.0]]])  # (1, P=3, C=1)
+    grads = torch.ones(1, 3, 1)
+    w, raw, c = cam.gradcam_from_grads(acts, grads)
+    torch.testing.assert_close(w, torch.tensor([[1.0]]))
+    once = (raw - raw.min()) / (1e-7 + (raw - raw.min()).max())
+    twice = (once - once.min()) / (1e-7 + (once - once.min()).max())
+    torch.testing.assert_close(c, twice)
+    assert c.max() < 1.0  # 0.9999999..., not 1
+    _, _, zero = cam.gradcam_from_grads(acts, -grads)
+    assert torch.count_nonzero(zero) == 0  # all <= 0 gives all zeros
+
+
+def test_autocast_needs_cuda(tiny_clip):
+    with pytest.raises(ValueError, match="CUDA"):
+        _engine(tiny_clip, "batched", autocast="fp16")
