@@ -14,6 +14,7 @@ written once; the modes differ only in how the work is scheduled.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -88,6 +89,10 @@ class CamConfig:
     sinkhorn_rounds: int = 3
     batch_size: int = 4  # images of one size per pass (batched mode)
     autocast: str | None = None  # None | "fp16" | "bf16" (CUDA only)
+    # reference mode: the authors' script leaves CLIP trainable, so each per-class backward
+    # also computes the gradients of the last block's weights (then discarded). Same
+    # numbers either way; False gives the reference schedule with frozen weights.
+    param_grads: bool = True
     dump: bool = False  # keep intermediate arrays (for parity checks and debugging)
     dump_deep: bool = False  # reference mode: also tokens, activations, gradients, all attention
 
@@ -140,6 +145,23 @@ class CamEngine:
         probs = logits.softmax(dim=-1)
         return logits, probs, (probs if self.cfg.use_softmax else logits)
 
+    @contextlib.contextmanager
+    def _trainable_head(self):
+        """The last block's, ln_post's and proj's weights with requires_grad on, for the
+        authors' schedule (their backward computes these gradients too); reset on exit."""
+        if not self.cfg.param_grads:
+            yield []
+            return
+        tw = self.tower
+        params = [p for m in (tw.blocks[-1], tw.v.ln_post) for p in m.parameters()] + [tw.v.proj]
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            yield params
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+
     def _caa_layers(self):
         return self.tower.num_layers - CAA_LAYERS
 
@@ -166,14 +188,14 @@ class CamEngine:
             x, attn = tw.trunk(tokens, keep_attn_from=0)  # all blocks' weights, as the authors
         extras = _Dump(self.cfg.dump)
         deep = _Dump(self.cfg.dump and self.cfg.dump_deep)
-        refined, cams_norm = [], []
+        refined = []
         attn8 = None
         for k in range(len(keys)):
-            with torch.enable_grad(), self._autocast():
+            with torch.enable_grad(), self._autocast(), self._trainable_head() as params:
                 a = tw.last_block_input_norm(x)
                 out, w_last = tw.last_block(x, a)
                 logits, probs, target = self._scores(tw.pool_patches(out)[0], cand)
-                (grad,) = torch.autograd.grad(target[k], a)
+                grad = torch.autograd.grad(target[k], [a, *params], allow_unused=True)[0]
             weights, raw, cam = gradcam_from_grads(a[0, 1:].detach().float(), grad[0, 1:].float())
             cam_grid = cam.view(grid)
             deep.add_class(gradients=grad[0, 1:].T.reshape(-1, *grid))
@@ -230,9 +252,12 @@ class CamEngine:
                 for k in range(len(keys_list[i])):
                     (g,) = torch.autograd.grad(target[k], feat_leaf, retain_graph=True)
                     dfeat[k, i] = g[i]
-        # all classes' gradients w.r.t. the activation in one vectorised backward
-        (grads,) = torch.autograd.grad(feats, a, grad_outputs=dfeat.to(feats.dtype),
-                                       is_grads_batched=True)  # (Kmax, B, 1 + P, C)
+        # one backward per class slot, each for all images of the batch at once (a
+        # vmapped backward, is_grads_batched, measured slower on CPU)
+        grads = torch.stack([
+            torch.autograd.grad(feats, a, grad_outputs=dfeat[k].to(feats.dtype),
+                                retain_graph=k < kmax - 1)[0]
+            for k in range(kmax)])  # (Kmax, B, 1 + P, C)
         acts = a.detach()[:, 1:].float()  # (B, P, C)
         weights, raw, cam = gradcam_from_grads(acts[None], grads[:, :, 1:].float())  # (Kmax, B, ...)
         attn8 = torch.stack([*attn, w_last.detach()][-CAA_LAYERS:]).float().mean(0)[:, 1:, 1:]
