@@ -95,12 +95,14 @@ class CamConfig:
     param_grads: bool = True
     dump: bool = False  # keep intermediate arrays (for parity checks and debugging)
     dump_deep: bool = False  # reference mode: also tokens, activations, gradients, all attention
+    keep_plain: bool = False  # also return the Grad-CAM before CAA at the original size
 
 
 @dataclass
 class CamResult:
     keys: np.ndarray  # (K,) int64 class indices, in label order
     cams: np.ndarray  # (K, H, W) float32: refined (or plain) CAMs at the original size
+    plain: np.ndarray | None = None  # (K, H, W) float32 Grad-CAM before CAA (keep_plain)
     extras: dict = field(default_factory=dict)  # intermediates when CamConfig.dump
 
 
@@ -188,7 +190,7 @@ class CamEngine:
             x, attn = tw.trunk(tokens, keep_attn_from=0)  # all blocks' weights, as the authors
         extras = _Dump(self.cfg.dump)
         deep = _Dump(self.cfg.dump and self.cfg.dump_deep)
-        refined = []
+        refined, plain = [], []
         attn8 = None
         for k in range(len(keys)):
             with torch.enable_grad(), self._autocast(), self._trainable_head() as params:
@@ -215,6 +217,7 @@ class CamEngine:
             else:
                 out_map = cam_grid
             refined.append(out_map)
+            plain.append(cam_grid)
             extras.add_class(gradcam_weights=weights, gradcam_raw=raw.view(grid),
                              grayscale_cam=cam_grid)
         extras.add_image(probs=probs, logits=logits, text_features_used=cand,
@@ -224,7 +227,7 @@ class CamEngine:
                        ln1_last_out=a[0, 1:].detach().T.reshape(-1, *grid),
                        attn_layers=torch.stack([*attn, w_last.detach()])[:, 0])
         extras.merge(deep)
-        return self._finish(keys, torch.stack(refined), orig_hw, extras)
+        return self._finish(keys, torch.stack(refined), orig_hw, extras, torch.stack(plain))
 
     # ---------------------------------------------------------------- batched mode
     def _run_batched(self, images, keys_list, orig_hws) -> list[CamResult]:
@@ -286,17 +289,22 @@ class CamEngine:
             logits, probs = scores[i]
             extras.add_image(probs=probs, logits=logits, text_features_used=cands[i],
                              image_feature=feats[i].detach(), attn_mean8=attn8[i], grid_hw=grid)
-            results.append(self._finish(keys, out_maps, orig_hws[i], extras))
+            results.append(self._finish(keys, out_maps, orig_hws[i], extras, cam_i))
         return results
 
     # ---------------------------------------------------------------- output
-    def _finish(self, keys, maps_grid: torch.Tensor, orig_hw, extras) -> CamResult:
+    def _finish(self, keys, maps_grid: torch.Tensor, orig_hw, extras, plain_grid=None) -> CamResult:
         """maps_grid (K, gh, gw) -> bilinear to the original (H, W), as cv2.resize."""
-        hi = F.interpolate(maps_grid[None].float(), size=tuple(orig_hw), mode="bilinear",
-                           align_corners=False)[0]
-        cams = hi.cpu().numpy().astype(np.float32)
+        cams = _upsample(maps_grid, orig_hw)
         extras.add_image(attn_highres_f32=cams)
-        return CamResult(keys=keys, cams=cams, extras=extras.arrays())
+        plain = _upsample(plain_grid, orig_hw) if self.cfg.keep_plain else None
+        return CamResult(keys=keys, cams=cams, plain=plain, extras=extras.arrays())
+
+
+def _upsample(maps_grid: torch.Tensor, orig_hw) -> np.ndarray:
+    hi = F.interpolate(maps_grid[None].float(), size=tuple(orig_hw), mode="bilinear",
+                       align_corners=False)[0]
+    return hi.cpu().numpy().astype(np.float32)
 
 
 class _Dump:
@@ -379,6 +387,8 @@ def run_dataset(engine: CamEngine, samples, out_dir, resume: bool = False,
                                  [s.orig_hw for s in chunk])
             for s, r in zip(chunk, results):
                 extra = {f"dbg_{k}": v for k, v in r.extras.items()} if dump else {}
+                if r.plain is not None:
+                    extra["cams_plain"] = r.plain.astype(np.float16)
                 save_cams(out_dir / f"{s.id}.npz", r.keys, r.cams, **extra)
             dt = (time.perf_counter() - t0) / len(chunk)
             records += [{"id": s.id, "seconds": dt, "n_classes": len(s.keys), "reused": False}

@@ -20,6 +20,7 @@ IGNORE = 255  # label value ignored by metrics and by the segmentation loss
 # CAM archive format (one .npz per image):
 #   keys  int64   (K,)       class indices (0-based into the dataset's class list), label order
 #   cams  float16 (K, H, W)  refined CAMs in [0, 1] at the original image size
+#   cams_plain float16 (K, H, W)  optional: the Grad-CAM before CAA (--keep-plain)
 CAM_DTYPE = np.float16
 
 
@@ -66,11 +67,12 @@ def save_cams(path, keys: np.ndarray, cams: np.ndarray, **extra: np.ndarray) -> 
         np.savez_compressed(tmp, **arrays)
 
 
-def load_cams(path) -> tuple[np.ndarray, np.ndarray]:
-    """(keys (K,) int64, cams (K, H, W) float16) of a CAM archive."""
+def load_cams(path, key: str = "cams") -> tuple[np.ndarray, np.ndarray]:
+    """(keys (K,) int64, cams (K, H, W) float16) of a CAM archive; ``key="cams_plain"``
+    reads the Grad-CAM before CAA where the archive keeps it."""
     try:
         with np.load(path) as z:
-            return z["keys"].astype(np.int64), z["cams"]
+            return z["keys"].astype(np.int64), z[key]
     except (OSError, KeyError, ValueError) as e:
         raise ValueError(f"{path}: not a CAM archive with 'keys' and 'cams' ({e}); "
                          f"delete it and rerun the CAM stage") from e

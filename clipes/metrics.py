@@ -84,20 +84,18 @@ def bg_power_sweep(per_power: dict[float, dict]) -> dict:
     }
 
 
-def evaluate_cam_dir(samples, cam_dir, n_classes: int, powers=(1, 2)) -> dict:
+def evaluate_cam_dir(samples, cam_dirs, n_classes: int, powers=(1, 2), key: str = "cams") -> dict:
     """mIoU of CAM archives at each background power, and the oracle choice.
 
     Labels = argmax of [(1 - max cam)^p ; cams] computed in float16 as the reference.
     """
-    from pathlib import Path
-
     from .crf import cam_labels
     from .datasets import load_gt
     from .io import load_cams
 
     cms = {p: ConfusionMatrix(n_classes) for p in powers}
     for s in samples:
-        keys, cams = load_cams(Path(cam_dir) / f"{s.id}.npz")
+        keys, cams = load_cams(find_file(cam_dirs, f"{s.id}.npz"), key)
         gt = load_gt(s, cams.shape[1:])
         for p in powers:
             cms[p].update(gt, cam_labels(keys, cams, p))
@@ -106,19 +104,17 @@ def evaluate_cam_dir(samples, cam_dir, n_classes: int, powers=(1, 2)) -> dict:
     return out
 
 
-def evaluate_mask_dir(samples, mask_dir, n_classes: int) -> dict:
+def evaluate_mask_dir(samples, mask_dirs, n_classes: int) -> dict:
     """mIoU of label PNGs. Predicted 255 (ignored, low confidence) pixels are left out of
     the confusion matrix; ``coverage`` is the fraction of valid ground-truth pixels that
     carry a label."""
-    from pathlib import Path
-
     from .datasets import load_gt
     from .io import load_mask
 
     cm = ConfusionMatrix(n_classes)
     labelled = valid = 0
     for s in samples:
-        pred = load_mask(Path(mask_dir) / f"{s.id}.png")
+        pred = load_mask(find_file(mask_dirs, f"{s.id}.png"))
         gt = load_gt(s, pred.shape).copy()
         ok = gt != IGNORE
         valid += int(ok.sum())
@@ -130,3 +126,16 @@ def evaluate_mask_dir(samples, mask_dir, n_classes: int) -> dict:
     out["coverage"] = labelled / valid if valid else float("nan")
     out["n_images"] = len(samples)
     return out
+
+
+def find_file(dirs, name: str):
+    """``name`` in the first of ``dirs`` (one folder or a list: the shards of a stage)."""
+    from pathlib import Path
+
+    dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
+    for d in dirs:
+        p = Path(d) / name
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"{name} not found in {', '.join(map(str, dirs))}: rerun the stage "
+                            f"that writes it")

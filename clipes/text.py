@@ -274,3 +274,14 @@ def dataset_text_features(clip, classes: Sequence[ClassSpec], background: Sequen
     fg = encode_prompts(clip.model, clip.tokenizer, classes, template, synonym_fusion, device)
     bg = encode_prompts(clip.model, clip.tokenizer, list(background), template, "sentence", device)
     return fg, bg
+
+
+def selected_template(table_path) -> str:
+    """The selected template of a prompt-selection table (TSV written by score_prompts)."""
+    import pandas as pd
+
+    table = pd.read_csv(table_path, sep="\t")
+    sel = table[table["selected"].astype(bool)]
+    if len(sel) != 1:
+        raise ValueError(f"{table_path}: expected exactly one selected template, found {len(sel)}")
+    return str(sel["template"].iloc[0])

@@ -43,6 +43,10 @@ def parse_args(argv=None):
     r = p.add_argument_group("run")
     r.add_argument("--shard", default="0/1", help="I/N: process every N-th image from the I-th")
     r.add_argument("--resume", action="store_true", help="keep archives that already exist")
+    r.add_argument("--keep-plain", action="store_true",
+                   help="also store the Grad-CAM before CAA (cams_plain) for the 'initial CAM' mIoU")
+    r.add_argument("--template-table", type=Path,
+                   help="prompt-selection table (score_prompts.py): use its selected template")
     r.add_argument("--dump-intermediates", action="store_true",
                    help="also store the intermediate arrays (dbg_* keys) in each archive")
     r.add_argument("--skips", type=Path, help="JSON file recording skipped images")
@@ -58,14 +62,19 @@ def main(argv=None):
     samples = datasets.shard(ds.samples, int(idx), int(count or 1))
     clip = cli.load_model(args)
     device = cli.resolve_device(args.device)
-    fg, bg = text.dataset_text_features(clip, ds.classes, ds.background, args.template,
+    template = args.template
+    if args.template_table is not None:
+        template = text.selected_template(args.template_table)
+        print(f"template from prompt selection: {template!r}", file=sys.stderr)
+    fg, bg = text.dataset_text_features(clip, ds.classes, ds.background, template,
                                         args.synonym_fusion, device)
     cfg = cam.CamConfig(
         mode=args.mode,
         box_threshold=args.box_threshold or affinity.BOX_THRESHOLD.get(args.dataset, 0.4),
         use_caa=not args.no_caa, use_background=not args.no_background,
         use_softmax=not args.no_softmax, clip_box_border=not args.no_box_border_clip,
-        batch_size=args.batch_size, autocast=args.autocast, dump=args.dump_intermediates)
+        batch_size=args.batch_size, autocast=args.autocast, dump=args.dump_intermediates,
+        keep_plain=args.keep_plain)
     engine = cam.CamEngine(clip, fg, bg, cfg, device)
     records = cam.run_dataset(engine, samples, args.out, resume=args.resume,
                               dump=args.dump_intermediates)

@@ -17,13 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipes import cli, crf, datasets, io  # noqa: E402
+from clipes import cli, crf, datasets, io, metrics  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_dataset_args(p)
-    p.add_argument("--cams", required=True, type=Path, help="folder of <id>.npz CAM archives")
+    p.add_argument("--cams", required=True, type=Path, nargs="+",
+                   help="folder(s) of <id>.npz CAM archives (the CAM stage's shards)")
     p.add_argument("--out", required=True, type=Path, help="folder for the pseudo-mask PNGs")
     p.add_argument("--labels-out", type=Path, help="folder for the CRF labels before the ignore step")
     d = crf.CrfParams()
@@ -48,10 +49,11 @@ def one_image(sample: datasets.Sample, args, params: crf.CrfParams) -> str:
     if args.resume and out.is_file() and (args.labels_out is None
                                           or (args.labels_out / f"{sample.id}.png").is_file()):
         return sample.id
-    keys, cams = io.load_cams(args.cams / f"{sample.id}.npz")
+    path = metrics.find_file(args.cams, f"{sample.id}.npz")
+    keys, cams = io.load_cams(path)
     if cams.shape[1:] != tuple(sample.orig_hw):
         raise datasets.DatasetError(
-            f"{args.cams / (sample.id + '.npz')}: CAMs are {cams.shape[2]}x{cams.shape[1]} but "
+            f"{path}: CAMs are {cams.shape[2]}x{cams.shape[1]} but "
             f"{sample.image} is {sample.orig_hw[1]}x{sample.orig_hw[0]}; recompute the CAMs")
     if args.no_crf:
         labels = crf.cam_labels(keys, cams, params.bg_power).astype("uint8")

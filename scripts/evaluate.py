@@ -23,8 +23,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_dataset_args(p)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--cams", type=Path, help="folder of <id>.npz CAM archives")
-    what.add_argument("--masks", type=Path, help="folder of <id>.png label maps")
+    what.add_argument("--cams", type=Path, nargs="+", help="folder(s) of <id>.npz CAM archives")
+    what.add_argument("--masks", type=Path, nargs="+", help="folder(s) of <id>.png label maps")
+    p.add_argument("--cam-key", default="cams", choices=["cams", "cams_plain"],
+                   help="cams_plain: the Grad-CAM before CAA (archives written with --keep-plain)")
     p.add_argument("--powers", type=float, nargs="+", default=[1, 2],
                    help="background powers to try for CAMs (default 1 2)")
     p.add_argument("--out", required=True, type=Path, help="metrics JSON")
@@ -41,8 +43,8 @@ def main(argv=None):
             f"evaluation needs masks for every image of the split")
     powers = [int(p) if float(p).is_integer() else p for p in args.powers]
     if args.cams is not None:
-        res = metrics.evaluate_cam_dir(ds.samples, args.cams, ds.n_classes, powers)
-        res["what"] = "cams"
+        res = metrics.evaluate_cam_dir(ds.samples, args.cams, ds.n_classes, powers, args.cam_key)
+        res["what"] = args.cam_key
         head = res["at_chosen"]["mIoU"]
     else:
         res = metrics.evaluate_mask_dir(ds.samples, args.masks, ds.n_classes)

@@ -1,0 +1,112 @@
+"""Train a tiny CLIP on image captions (the offline demo's stand-in for OpenAI's CLIP).
+
+The model is an ordinary open_clip CLIP (ViT vision tower, QuickGELU) trained with the
+symmetric contrastive loss on (image, caption) pairs, and saved as an OpenAI-format state
+dict, so the CAM stage loads it exactly as it loads ViT-B-16.pt.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .cam import CLIP_MEAN, CLIP_STD
+from .io import atomic_path
+
+
+@dataclass
+class TinyClipConfig:
+    image_size: int = 96
+    patch_size: int = 12
+    vision_width: int = 128
+    vision_layers: int = 4
+    text_width: int = 128
+    text_layers: int = 3
+    context_length: int = 32
+    embed_dim: int = 64
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    seed: int = 0
+    max_seconds: float | None = None  # stop early after this long (the step count is logged)
+
+
+def build_tiny_clip(cfg: TinyClipConfig):
+    import open_clip
+
+    vision = open_clip.CLIPVisionCfg(layers=cfg.vision_layers, width=cfg.vision_width,
+                                     patch_size=cfg.patch_size, image_size=cfg.image_size,
+                                     head_width=64)
+    text = open_clip.CLIPTextCfg(context_length=cfg.context_length, vocab_size=49408,
+                                 width=cfg.text_width, heads=max(1, cfg.text_width // 64),
+                                 layers=cfg.text_layers)
+    return open_clip.CLIP(cfg.embed_dim, vision, text, quick_gelu=True)
+
+
+def _load_images(paths, size: int) -> torch.Tensor:
+    """Images resized (bicubic) to size x size, CLIP-normalised: (N, 3, size, size)."""
+    arr = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC))
+                    for p in paths]).astype(np.float32) / 255
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2)
+    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+def train_tiny_clip(image_paths: list, captions: list[str], out: Path,
+                    cfg: TinyClipConfig = TinyClipConfig(), log=None) -> dict:
+    """Contrastive training; writes an OpenAI-format checkpoint to ``out``.
+
+    Augmentation: random horizontal flips and 90-degree rotations (shape classes are
+    invariant to both). Returns a summary (steps, seconds, final loss).
+    """
+    import open_clip
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = build_tiny_clip(cfg)
+    tok = open_clip.get_tokenizer("ViT-B-16")
+    tokens = tok(captions, context_length=cfg.context_length)
+    images = _load_images(image_paths, cfg.image_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
+                                                pct_start=0.1)
+    n = len(images)
+    t0 = time.time()
+    losses = []
+    step = 0
+    for step in range(1, cfg.steps + 1):
+        idx = torch.from_numpy(rng.choice(n, min(cfg.batch_size, n), replace=False))
+        x = images[idx]
+        if rng.random() < 0.5:
+            x = x.flip(-1)
+        x = torch.rot90(x, int(rng.integers(4)), dims=(-2, -1))
+        img_f = F.normalize(model.encode_image(x), dim=-1)
+        txt_f = F.normalize(model.encode_text(tokens[idx]), dim=-1)
+        logits = model.logit_scale.exp() * img_f @ txt_f.T
+        # captions can repeat: pairs with the same caption are all positives
+        same = (tokens[idx][:, None] == tokens[idx][None]).all(-1).float()
+        target = same / same.sum(1, keepdim=True)
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100))
+        losses.append(float(loss))
+        if log and (step % 50 == 0 or step == 1):
+            log(f"step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.3f} "
+                f"({time.time() - t0:.0f} s)")
+        if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+            break
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with atomic_path(out, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+    return {"steps": step, "seconds": time.time() - t0, "final_loss": float(np.mean(losses[-50:])),
+            "params": sum(p.numel() for p in model.parameters())}

@@ -1,0 +1,151 @@
+"""A synthetic WSSS dataset generated from a seed: shapes on textured backgrounds.
+
+Each image shows one to three shapes of distinct classes on a named background texture;
+colours are drawn independently of the class, so the shape, not the colour, tells the
+class. The folder is laid out as a custom dataset (see :func:`clipes.datasets.load_custom`)
+plus captions for training a tiny CLIP:
+
+    ROOT/images/<id>.png      RGB image
+    ROOT/masks/<id>.png       ground truth: 0 background, k + 1 shape class k
+    ROOT/labels.csv           image,labels (';'-separated class names)
+    ROOT/captions.csv         image,caption (for CLIP pre-training on the train split)
+    ROOT/classes.yaml         the class list;  ROOT/background.txt  the texture words
+    ROOT/train.txt, ROOT/val.txt   ids
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .io import atomic_path, save_mask, write_text
+
+CLASSES = ("circle", "square", "triangle", "cross", "ring")
+BACKGROUNDS = ("stripes", "dots", "checkerboard", "noise", "plain")
+COLOURS = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220),
+    "yellow": (235, 210, 40), "purple": (150, 60, 190), "orange": (240, 140, 30),
+    "white": (240, 240, 240), "black": (20, 20, 20),
+}
+
+
+def _background(rng, kind: str, h: int, w: int) -> Image.Image:
+    names = list(COLOURS)
+    c1, c2 = (np.array(COLOURS[names[i]]) for i in rng.choice(len(names), 2, replace=False))
+    c1 = (0.5 * c1 + 60).astype(np.uint8)  # muted, so shapes stand out by contrast
+    c2 = (0.5 * c2 + 60).astype(np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    period = int(rng.integers(6, 14))
+    if kind == "stripes":
+        sel = ((xx + yy * (rng.random() < 0.5)) // period) % 2 == 0
+    elif kind == "checkerboard":
+        sel = ((xx // period) + (yy // period)) % 2 == 0
+    elif kind == "dots":
+        sel = ((xx % period - period / 2) ** 2 + (yy % period - period / 2) ** 2) < (period / 4) ** 2
+    elif kind == "noise":
+        sel = rng.random((h, w)) < 0.5
+    else:
+        sel = np.zeros((h, w), bool)
+    img = np.where(sel[..., None], c1, c2).astype(np.uint8)
+    return Image.fromarray(img)
+
+
+def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float):
+    if kind == "square":
+        pts = [(cx + r * math.cos(angle + k * math.pi / 2), cy + r * math.sin(angle + k * math.pi / 2))
+               for k in range(4)]
+        return pts
+    if kind == "triangle":
+        return [(cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3))
+                for k in range(3)]
+    if kind == "cross":
+        a, b = r, r / 3
+        base = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a),
+                (-b, b), (-a, b), (-a, -b), (-b, -b)]
+        ca, sa = math.cos(angle), math.sin(angle)
+        return [(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in base]
+    raise ValueError(kind)
+
+
+def draw_shape(img: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw, kind: str, cx, cy, r,
+               angle, colour, label: int) -> None:
+    box = [cx - r, cy - r, cx + r, cy + r]
+    if kind == "circle":
+        img.ellipse(box, fill=colour)
+        mask.ellipse(box, fill=label)
+    elif kind == "ring":
+        width = max(3, int(r / 2.5))
+        img.ellipse(box, outline=colour, width=width)
+        mask.ellipse(box, outline=label, width=width)
+    else:
+        pts = _shape_polygon(kind, cx, cy, r, angle)
+        img.polygon(pts, fill=colour)
+        mask.polygon(pts, fill=label)
+
+
+def make_sample(rng, size_hw: tuple[int, int]):
+    """One image: (RGB uint8 (H, W, 3), mask (H, W) uint8, class names, background, caption)."""
+    h, w = size_hw
+    bg = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    img = _background(rng, bg, h, w)
+    mask = Image.new("L", (w, h), 0)
+    d_img, d_mask = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+    n = int(rng.choice([1, 1, 2, 2, 3]))
+    kinds = [CLASSES[i] for i in rng.choice(len(CLASSES), n, replace=False)]
+    colours = []
+    for kind in kinds:
+        r = float(rng.uniform(0.14, 0.26) * min(h, w))
+        cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+        cname = list(COLOURS)[rng.integers(len(COLOURS))]
+        colours.append(cname)
+        draw_shape(d_img, d_mask, kind, cx, cy, r, float(rng.uniform(0, math.pi)),
+                   COLOURS[cname], CLASSES.index(kind) + 1)
+    m = np.asarray(mask)
+    present = [k for k in kinds if (m == CLASSES.index(k) + 1).sum() >= 12]  # not fully hidden
+    caption = "a photo of " + " and ".join(
+        f"a {c} {k}" for k, c in zip(kinds, colours) if k in present) + f" on {bg}."
+    return np.asarray(img), m, present, bg, caption
+
+
+def generate(root, seed: int = 0, n_train: int = 200, n_val: int = 60,
+             sizes: tuple[tuple[int, int], ...] = ((96, 96), (96, 120))) -> Path:
+    """Write the dataset under ``root``; the same seed gives the same bytes."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    rows, caps, ids = [], [], {"train": [], "val": []}
+    for split, count in (("train", n_train), ("val", n_val)):
+        for i in range(count):
+            iid = f"{split}_{i:05d}"
+            hw = sizes[int(rng.integers(len(sizes)))]
+            img, mask, present, _, caption = make_sample(rng, hw)
+            with atomic_path(root / "images" / f"{iid}.png") as tmp:
+                Image.fromarray(img).save(tmp, format="PNG")
+            save_mask(root / "masks" / f"{iid}.png", mask)
+            rows.append((f"{iid}.png", ";".join(present)))
+            caps.append((f"{iid}.png", caption))
+            ids[split].append(iid)
+    write_text(root / "labels.csv", _csv(["image", "labels"], rows))
+    write_text(root / "captions.csv", _csv(["image", "caption"], caps))
+    write_text(root / "classes.yaml", "".join(f"- {c}\n" for c in CLASSES))
+    write_text(root / "background.txt", "".join(f"{b}\n" for b in BACKGROUNDS))
+    for split, lst in ids.items():
+        write_text(root / f"{split}.txt", "".join(f"{i}\n" for i in lst))
+    return root
+
+
+def _csv(header, rows) -> str:
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def read_captions(root) -> dict[str, str]:
+    with open(Path(root) / "captions.csv", newline="") as f:
+        return {Path(r["image"]).stem: r["caption"] for r in csv.DictReader(f)}

@@ -1,0 +1,206 @@
+# Config validation, variants, and input functions shared by every rule file.
+import copy
+import json
+import os
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+
+# Config sections each stage depends on, upstream included. A variant shares a stage's
+# outputs with the first variant whose sections agree: that variant "owns" the stage.
+STAGE_SECTIONS = {
+    "pretrain": ("dataset", "model"),
+    "prompts": ("dataset", "model", "text"),
+    "cams": ("dataset", "model", "text", "cam"),
+    "crf": ("dataset", "model", "text", "cam", "crf"),
+    "segmentation": ("dataset", "model", "text", "cam", "crf", "segmentation"),
+}
+
+
+def deep_merge(base, overrides, where="variants"):
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value, f"{where}.{key}")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_variants(cfg):
+    """Validate the base config, then every variant (base + overrides) on its own."""
+    raw = copy.deepcopy(cfg)
+    validate(cfg, SCHEMA)  # fills defaults, names the bad key on error
+    variants = {}
+    for name, overrides in cfg["variants"].items():
+        if "variants" in overrides or "report" in overrides or "dataset" in overrides:
+            raise WorkflowError(
+                f"variant {name!r}: overrides may not change 'dataset', 'report' or "
+                f"'variants' (one dataset per config; use another config file)")
+        merged = deep_merge({k: v for k, v in raw.items() if k != "variants"}, overrides)
+        try:
+            validate(merged, SCHEMA)
+        except WorkflowError as e:
+            raise WorkflowError(f"config of variant {name!r} is invalid: {e}") from None
+        merged["variants"] = {}
+        variants[name] = merged
+    return variants
+
+
+VARIANTS = load_variants(config)
+BASE = next(iter(VARIANTS))
+DATASET = config["dataset"]["name"]
+DATA = f"results/{DATASET}/data"
+
+
+def vcfg(variant):
+    return VARIANTS[variant]
+
+
+def owner(variant, stage):
+    """The first variant whose config agrees with `variant` on everything `stage` uses."""
+    def key(v):
+        return json.dumps({s: VARIANTS[v][s] for s in STAGE_SECTIONS[stage]}, sort_keys=True)
+
+    mine = key(variant)
+    return next(v for v in VARIANTS if key(v) == mine)
+
+
+# ---------------------------------------------------------------- dataset arguments
+def check_dataset_root():
+    ds = config["dataset"]
+    if ds["kind"] == "synthetic":
+        return
+    hints = {
+        "voc12": "download VOC2012 and SegmentationClassAug (README: 'Reproducing VOC12')",
+        "coco14": "download COCO2014 and its semantic masks (README: 'Reproducing COCO14')",
+        "custom": "point dataset.root at the folder holding images/ (README: 'Your own dataset')",
+    }
+    if not ds["root"]:
+        raise WorkflowError(f"dataset.root is not set: {hints[ds['kind']]}")
+    if not Path(ds["root"]).is_dir():
+        raise WorkflowError(f"dataset.root {ds['root']!r} does not exist: {hints[ds['kind']]}")
+    if ds["kind"] == "custom" and not ds["labels"]:
+        raise WorkflowError("dataset.labels is not set: custom datasets need a CSV of image labels")
+
+
+check_dataset_root()
+
+
+def dataset_root():
+    ds = config["dataset"]
+    return f"{DATA}/synthetic" if ds["kind"] == "synthetic" else ds["root"]
+
+
+def split_path(which):
+    """Path of a split file: relative paths are relative to the dataset root."""
+    ds = config["dataset"]
+    name = ds[f"{which}_split"]
+    if ds["kind"] == "synthetic":
+        return f"{DATA}/synthetic/{which}.txt"
+    if name is None:
+        return None
+    if os.path.isabs(name) or ds["kind"] == "custom" and Path(name).is_file():
+        return name
+    return str(Path(ds["root"]) / name)
+
+
+def dataset_args(which="train"):
+    """Command-line arguments the stage scripts take for the configured dataset."""
+    ds = config["dataset"]
+    kind = ds["kind"]
+    args = [f"--dataset {kind}", f"--root {dataset_root()}"]
+    split = split_path(which)
+    if split:
+        args.append(f"--split {split}")
+    if kind == "synthetic":
+        root = dataset_root()
+        args += [f"--classes {root}/classes.yaml", f"--labels {root}/labels.csv",
+                 f"--background {root}/background.txt"]
+    elif kind == "custom":
+        args += [f"--classes {DATA}/classes.yaml", f"--labels {ds['labels']}",
+                 f"--background {DATA}/background.txt"]
+    if not ds["reference_quirks"]:
+        args.append("--no-reference-quirks")
+    return " ".join(args)
+
+
+def model_args(variant):
+    m = vcfg(variant)["model"]
+    if m["pretrain"]["enabled"]:
+        return f"--checkpoint results/{DATASET}/{owner(variant, 'pretrain')}/clip/clip.pt"
+    if m["checkpoint"]:
+        return f"--checkpoint {m['checkpoint']}"
+    args = f"--model {m['name']} --pretrained {m['pretrained'] or 'none'}"
+    return args + (f" --cache-dir {m['cache_dir']}" if m["cache_dir"] else "")
+
+
+def model_input(variant):
+    m = vcfg(variant)["model"]
+    if m["pretrain"]["enabled"]:
+        return [f"results/{DATASET}/{owner(variant, 'pretrain')}/clip/clip.pt"]
+    return [m["checkpoint"]] if m["checkpoint"] else []
+
+
+def cam_device(variant):
+    return vcfg(variant)["cam"]["device"]
+
+
+def wants_gpu(device):
+    """GPU resource request: 1 unless the stage is pinned to the CPU."""
+    return 0 if device == "cpu" else 1
+
+
+# ---------------------------------------------------------------- stage paths
+def stage_dir(variant, stage):
+    return f"results/{DATASET}/{owner(variant, stage)}"
+
+
+def cam_shards(variant):
+    v = owner(variant, "cams")
+    return expand("results/{d}/{v}/cams/shard{s}", d=DATASET, v=v,
+                  s=range(vcfg(v)["cam"]["shards"]))
+
+
+def crf_shards(variant, what="pseudo_masks"):
+    v = owner(variant, "crf")
+    return expand("results/{d}/{v}/{what}/shard{s}", d=DATASET, v=v, what=what,
+                  s=range(vcfg(v)["crf"]["shards"]))
+
+
+def has_val():
+    return split_path("val") is not None
+
+
+def variant_outputs(variant):
+    """Every file the report of `variant` reads (what is switched off is left out)."""
+    c = vcfg(variant)
+    out = {
+        "dataset": f"{DATA}/dataset.json",
+        "eval_cams": f"{stage_dir(variant, 'cams')}/eval/cams.json",
+        "eval_cams_nocaa": None,
+        "eval_pseudo": f"{stage_dir(variant, 'crf')}/eval/pseudo_masks.json",
+        "eval_crf_labels": None,
+        "eval_seg": None,
+        "train_log": None,
+        "prompts": None,
+    }
+    if c["crf"]["enabled"]:
+        out["eval_crf_labels"] = f"{stage_dir(variant, 'crf')}/eval/crf_labels.json"
+    if c["segmentation"]["enabled"] and has_val():
+        out["eval_seg"] = f"{stage_dir(variant, 'segmentation')}/eval/segmentation_val.json"
+        out["train_log"] = f"{stage_dir(variant, 'segmentation')}/segmentation/train_log.csv"
+    if c["text"]["select_prompt"]["enabled"]:
+        out["prompts"] = f"{stage_dir(variant, 'prompts')}/prompts/scores.tsv"
+    return {k: v for k, v in out.items() if v}
+
+
+def all_targets():
+    targets = []
+    for v in VARIANTS:
+        targets += [f"reports/{DATASET}/{v}.html", f"reports/{DATASET}/{v}.md"]
+    targets += [f"reports/{DATASET}/comparison.html", f"reports/{DATASET}/comparison.md"]
+    return targets
