@@ -107,8 +107,9 @@ def make_sample(rng, size_hw: tuple[int, int]):
                    COLOURS[cname], CLASSES.index(kind) + 1)
     m = np.asarray(mask)
     present = [k for k in kinds if (m == CLASSES.index(k) + 1).sum() >= 12]  # not fully hidden
-    caption = "a photo of " + " and ".join(
-        f"a {c} {k}" for k, c in zip(kinds, colours) if k in present) + f" on {bg}."
+    # colours are left out of the caption: they say nothing about the class, and a CLIP
+    # trained on them learns colour words instead of shapes
+    caption = "a photo of " + " and ".join(f"a {k}" for k in kinds if k in present) + f" on {bg}."
     return np.asarray(img), m, present, bg, caption
 
 

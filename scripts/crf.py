@@ -27,6 +27,8 @@ def parse_args(argv=None):
                    help="folder(s) of <id>.npz CAM archives (the CAM stage's shards)")
     p.add_argument("--out", required=True, type=Path, help="folder for the pseudo-mask PNGs")
     p.add_argument("--labels-out", type=Path, help="folder for the CRF labels before the ignore step")
+    p.add_argument("--conf-out", type=Path,
+                   help="folder for the CRF confidence (max probability x 255, uint8 PNG)")
     d = crf.CrfParams()
     g = p.add_argument_group("CRF (defaults: the reference recipe)")
     g.add_argument("--iterations", type=int, default=d.iterations)
@@ -58,15 +60,22 @@ def one_image(sample: datasets.Sample, args, params: crf.CrfParams) -> str:
     if args.no_crf:
         labels = crf.cam_labels(keys, cams, params.bg_power).astype("uint8")
         mask = labels
+        conf = None
     else:
         image = crf.crf_image(sample.image) if params.image_input == "reference" \
             else crf.rgb_image(sample.image)
         if image.shape[:2] != tuple(sample.orig_hw):
             raise datasets.DatasetError(f"{sample.image} is {image.shape[1]}x{image.shape[0]} "
                                         f"but its annotation says {sample.orig_hw[1]}x{sample.orig_hw[0]}")
-        labels, mask, _ = crf.crf_pseudo_mask(image, keys, cams, params)
+        labels, mask, conf = crf.crf_pseudo_mask(image, keys, cams, params)
     if args.labels_out is not None:
         io.save_mask(args.labels_out / f"{sample.id}.png", labels)
+    if args.conf_out is not None:
+        import numpy as np
+
+        c = np.full(labels.shape, 255, np.uint8) if conf is None else \
+            np.clip(np.round(conf * 255), 0, 255).astype(np.uint8)
+        io.save_mask(args.conf_out / f"{sample.id}.png", c, palette=False)
     io.save_mask(out, mask)
     return sample.id
 

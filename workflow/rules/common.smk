@@ -1,5 +1,9 @@
 # Config validation, variants, and input functions shared by every rule file.
 import copy
+import re
+import shlex
+import yaml
+import sys
 import json
 import os
 from pathlib import Path
@@ -204,3 +208,27 @@ def all_targets():
         targets += [f"reports/{DATASET}/{v}.html", f"reports/{DATASET}/{v}.md"]
     targets += [f"reports/{DATASET}/comparison.html", f"reports/{DATASET}/comparison.md"]
     return targets
+
+
+SCRIPTS = Path(workflow.basedir) / "scripts"
+PY = f'"{sys.executable}"'
+
+
+def script(name):
+    return f"{PY} {SCRIPTS / name}.py"
+
+
+def log_path(rule, shard=False):
+    s = "{shard}" if shard else ""
+    return f"results/{{dataset}}/{{variant}}/logs/{rule}{s}.log"
+
+
+def bench_path(rule, shard=False):
+    s = "{shard}" if shard else ""
+    return f"results/{{dataset}}/{{variant}}/benchmarks/{rule}{s}.tsv"
+
+
+wildcard_constraints:
+    dataset=DATASET,
+    variant="|".join(map(re.escape, VARIANTS)),
+    shard=r"\d+",

@@ -1,0 +1,463 @@
+"""Run and comparison reports: Jinja templates rendered to self-contained HTML and Markdown.
+
+A run report (one dataset and variant) answers: how good are the masks after each stage,
+where did the time go, and what do the masks look like. A comparison report puts the
+variants of a dataset side by side. Missing inputs (a stage switched off) are reported in
+place as missing, never as zeros.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import hashlib
+import io as _io
+import json
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import IGNORE, atomic_path, load_mask, voc_palette, write_text
+
+# METHOD.md, "Reference numbers" (mIoU %, split named)
+PAPER = {
+    "voc12": [
+        ("initial CAM", "initial softmax-GradCAM", "VOC train (1,464)", 58.6),
+        ("CAA", "+ CAA", "VOC train (1,464)", 70.8),
+        ("pseudo masks (CRF)", "+ CAA + dense CRF", "VOC train (1,464)", 75.0),
+        ("pseudo masks (CRF)", "pseudo masks after CRF", "VOC train_aug (10,582)", 68.7),
+        ("segmentation (val)", "DeepLabV2, ImageNet init", "VOC val", 71.1),
+        ("segmentation (val)", "DeepLabV2, COCO init", "VOC val", 73.8),
+    ],
+    "coco14": [
+        ("segmentation (val)", "DeepLabV2, ImageNet init", "COCO14 val", 45.4),
+    ],
+}
+
+# stage of the pipeline -> the Snakemake rules whose benchmarks it sums
+STAGE_RULES = {
+    "prepare": ["prepare_dataset"],
+    "CLIP pre-training": ["train_clip"],
+    "prompt selection": ["score_prompts"],
+    "CAMs + CAA": ["cams"],
+    "CAM evaluation": ["eval_cams"],
+    "CRF + confidence": ["crf"],
+    "pseudo-mask evaluation": ["eval_pseudo_masks", "eval_crf_labels"],
+    "segmentation training": ["train_segmentation"],
+    "segmentation inference": ["predict_segmentation"],
+    "segmentation evaluation": ["eval_segmentation"],
+}
+IMAGES_OF_STAGE = {"CAMs + CAA": "train", "CRF + confidence": "train",
+                   "segmentation inference": "val"}
+
+
+@dataclass
+class RunInputs:
+    variant: str
+    dataset: dict  # dataset.json
+    config: dict  # the variant's effective config
+    evals: dict[str, dict | None]  # stage name -> metrics JSON (None: not run)
+    benchmark_dirs: list[Path] = field(default_factory=list)
+    train_log: Path | None = None
+    gallery: dict | None = None  # paths for the gallery, see gallery_items()
+
+
+def load_json(path) -> dict | None:
+    return json.loads(Path(path).read_text()) if path and Path(path).is_file() else None
+
+
+# ------------------------------------------------------------------------- provenance
+def provenance(config: dict, repo: Path | None = None) -> dict:
+    import torch
+
+    repo = repo or Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    versions = {}
+    for mod in ("torch", "open_clip", "numpy", "pandas", "snakemake", "pydensecrf"):
+        try:
+            m = __import__(mod)
+            versions[mod] = getattr(m, "__version__", "installed")
+        except ImportError:
+            versions[mod] = "not installed"
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    device = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    cfg_text = json.dumps(config, sort_keys=True)
+    return {
+        "config_hash": hashlib.sha256(cfg_text.encode()).hexdigest()[:12],
+        "config_yaml": _yaml(config),
+        "git_commit": commit, "git_dirty": dirty, "versions": versions, "device": device,
+        "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _yaml(obj) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- timing
+def read_benchmarks(dirs: list[Path]) -> pd.DataFrame:
+    """Snakemake benchmark TSVs of every rule in ``dirs`` (shards summed per stage)."""
+    rows = []
+    for d in dirs:
+        for f in sorted(Path(d).glob("*.tsv")):
+            rule = f.stem.rstrip("0123456789")
+            b = pd.read_csv(f, sep="\t")
+            if b.empty:
+                continue
+            rows.append({"rule": rule, "wall_s": float(b["s"].iloc[-1]),
+                         "cpu_s": float(pd.to_numeric(b.get("cpu_time", pd.Series([np.nan])),
+                                                      errors="coerce").iloc[-1]),
+                         "max_rss_mb": float(pd.to_numeric(b.get("max_rss", pd.Series([np.nan])),
+                                                           errors="coerce").iloc[-1])})
+    return pd.DataFrame(rows, columns=["rule", "wall_s", "cpu_s", "max_rss_mb"])
+
+
+def timing_table(bench: pd.DataFrame, n_images: dict[str, int]) -> pd.DataFrame:
+    out = []
+    for stage, rules in STAGE_RULES.items():
+        b = bench[bench["rule"].isin(rules)]
+        if b.empty:
+            continue
+        wall = b["wall_s"].sum()
+        n = n_images.get(IMAGES_OF_STAGE.get(stage, ""), 0)
+        out.append({"stage": stage, "wall_s": wall, "cpu_s": b["cpu_s"].sum(),
+                    "peak_mem_mb": b["max_rss_mb"].max(), "jobs": len(b),
+                    "images_per_s": n / wall if n and wall > 0 else np.nan})
+    return pd.DataFrame(out, columns=["stage", "wall_s", "cpu_s", "peak_mem_mb", "jobs",
+                                      "images_per_s"])
+
+
+# ---------------------------------------------------------------------------- quality
+QUALITY_STAGES = [
+    ("initial CAM", "cams_plain"),
+    ("CAA", "cams"),
+    ("CRF labels", "crf_labels"),
+    ("pseudo masks (CRF)", "pseudo_masks"),
+    ("segmentation (val)", "segmentation"),
+]
+
+
+def miou_of(ev: dict | None) -> float | None:
+    if ev is None:
+        return None
+    if "at_chosen" in ev:
+        return ev["at_chosen"]["mIoU"]
+    return ev.get("mIoU")
+
+
+def quality_table(evals: dict[str, dict | None]) -> list[dict]:
+    rows = []
+    for label, key in QUALITY_STAGES:
+        ev = evals.get(key)
+        row = {"stage": label, "key": key, "available": ev is not None}
+        if ev is not None:
+            base = ev["at_chosen"] if "at_chosen" in ev else ev
+            row.update(mIoU=100 * base["mIoU"], pixel_acc=100 * base["pixel_acc"],
+                       n_images=ev.get("n_images"), coverage=ev.get("coverage"))
+            if "chosen_power" in ev:
+                row["note"] = (f"background power {ev['chosen_power']} chosen on ground truth "
+                               f"(oracle) from {', '.join(ev['by_power'])}; "
+                               + ", ".join(f"p={p}: {100 * v:.2f}" for p, v in ev["by_power"].items()))
+            elif ev.get("coverage") is not None and ev["coverage"] < 1:
+                row["note"] = f"confident pixels only ({100 * ev['coverage']:.1f}% of the labelled pixels)"
+        rows.append(row)
+    return rows
+
+
+def per_class_table(ev: dict | None, class_names: list[str]) -> pd.DataFrame | None:
+    if ev is None:
+        return None
+    base = ev["at_chosen"] if "at_chosen" in ev else ev
+    ious = base["class_iou"]
+    return pd.DataFrame([{"class": class_names[int(i)] if int(i) < len(class_names) else i,
+                          "IoU": None if v is None else 100 * v} for i, v in ious.items()])
+
+
+# ---------------------------------------------------------------------------- figures
+def _fig_png(fig) -> bytes:
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fig_timing(timing: pd.DataFrame) -> bytes | None:
+    if timing.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 1.6 + 0.1 * len(timing)))
+    left = 0.0
+    colors = plt.get_cmap("tab20").colors
+    for i, r in enumerate(timing.itertuples()):
+        ax.barh([0], [r.wall_s], left=left, color=colors[i % 20], label=r.stage)
+        left += r.wall_s
+    ax.set_yticks([])
+    ax.set_xlabel("wall time (s), stages stacked")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, fontsize=7, frameon=False)
+    return _fig_png(fig)
+
+
+def fig_per_class(table: pd.DataFrame | None) -> bytes | None:
+    if table is None or table["IoU"].isna().all():
+        return None
+    plt = _plt()
+    t = table.dropna()
+    fig, ax = plt.subplots(figsize=(max(5, 0.28 * len(t)), 3))
+    ax.bar(range(len(t)), t["IoU"], color="tab:blue")
+    ax.set_xticks(range(len(t)))
+    ax.set_xticklabels(t["class"], rotation=70, fontsize=7)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    return _fig_png(fig)
+
+
+def fig_comparison(df: pd.DataFrame, stages: list[str]) -> bytes | None:
+    cols = [s for s in stages if s in df and df[s].notna().any()]
+    if not cols:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(df) * len(cols) / 3), 3.2))
+    width = 0.8 / len(cols)
+    for j, c in enumerate(cols):
+        ax.bar(np.arange(len(df)) + j * width, df[c].fillna(0), width, label=c)
+    ax.set_xticks(np.arange(len(df)) + 0.4 - width / 2)
+    ax.set_xticklabels(df["variant"], rotation=20)
+    ax.set_ylabel("mIoU (%)")
+    ax.legend(fontsize=7)
+    return _fig_png(fig)
+
+
+# ---------------------------------------------------------------------------- gallery
+def _colorize(mask: np.ndarray) -> np.ndarray:
+    pal = np.asarray(voc_palette(), np.uint8).reshape(256, 3)
+    pal[IGNORE] = (255, 255, 255)
+    return pal[mask]
+
+
+def gallery_figure(items: list[dict]) -> bytes | None:
+    """items: dicts with image (RGB), gt, cam (H, W) in [0, 1], pseudo, pred (None: missing),
+    title. One row per image."""
+    if not items:
+        return None
+    plt = _plt()
+    cols = ["image", "ground truth", "CAM (max over classes)", "pseudo mask", "prediction"]
+    fig, axes = plt.subplots(len(items), len(cols), figsize=(2.2 * len(cols), 2.0 * len(items)),
+                             squeeze=False)
+    for r, it in enumerate(items):
+        panels = [it["image"], _colorize(it["gt"]), None, _colorize(it["pseudo"]),
+                  _colorize(it["pred"]) if it.get("pred") is not None else None]
+        for c, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if r == 0:
+                ax.set_title(cols[c], fontsize=8)
+            if c == 2:
+                ax.imshow(it["image"])
+                ax.imshow(it["cam"], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            elif panels[c] is not None:
+                ax.imshow(panels[c])
+            else:
+                ax.text(0.5, 0.5, "not available\n(val only)", ha="center", va="center",
+                        fontsize=7, transform=ax.transAxes)
+        axes[r][0].text(0, -0.08, it["title"], fontsize=7, transform=axes[r][0].transAxes,
+                        va="top")
+    return _fig_png(fig)
+
+
+def per_image_iou(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Mean IoU over the classes present in this image's ground truth (255 ignored)."""
+    ok = gt != IGNORE
+    vals = []
+    for c in np.unique(gt[ok]):
+        inter = np.sum((gt == c) & (pred == c) & ok)
+        union = np.sum(((gt == c) | (pred == c)) & ok)
+        vals.append(inter / union if union else 0.0)
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def gallery_items(samples, pseudo_dirs, cam_dirs, pred_dirs, n: int) -> list[dict]:
+    """The n best and n worst images by per-image IoU of their pseudo masks."""
+    from .datasets import load_gt
+    from .io import load_cams
+    from .metrics import find_file
+    from .segmentation import load_rgb
+
+    if n <= 0 or not samples:
+        return []
+    scored = []
+    for s in samples:
+        if s.gt is None:
+            continue
+        try:
+            pseudo = load_mask(find_file(pseudo_dirs, f"{s.id}.png"))
+        except FileNotFoundError:
+            continue
+        scored.append((per_image_iou(load_gt(s, pseudo.shape), pseudo), s, pseudo))
+    scored.sort(key=lambda t: (np.nan_to_num(t[0], nan=-1), t[1].id))
+    picks = scored[-n:][::-1] + [t for t in scored[:n] if t not in scored[-n:]]
+    items = []
+    for iou, s, pseudo in picks:
+        _, cams = load_cams(find_file(cam_dirs, f"{s.id}.npz"))
+        pred = None
+        for d in pred_dirs or []:
+            p = Path(d) / f"{s.id}.png"
+            if p.is_file():
+                pred = load_mask(p)
+        items.append({"image": load_rgb(s.image), "gt": load_gt(s, pseudo.shape),
+                      "cam": cams.astype(np.float32).max(0), "pseudo": pseudo, "pred": pred,
+                      "title": f"{s.id}: IoU {100 * iou:.1f}"})
+    return items
+
+
+# -------------------------------------------------------------------------- rendering
+def _env():
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=PackageLoader("clipes", "templates"), undefined=StrictUndefined,
+                      autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda v, d=2: "n/a" if v is None or (isinstance(v, float) and
+                                                                  np.isnan(v)) else f"{v:.{d}f}"
+    env.filters["b64"] = lambda b: base64.b64encode(b).decode()
+    return env
+
+
+def _write_figures(figs: dict[str, bytes | None], md_path: Path) -> dict[str, str | None]:
+    """PNG files next to the Markdown report; returns their relative paths."""
+    folder = md_path.with_name(md_path.stem + "_files")
+    rel = {}
+    for name, data in figs.items():
+        if data is None:
+            rel[name] = None
+            continue
+        with atomic_path(folder / f"{name}.png", suffix=".png") as tmp:
+            tmp.write_bytes(data)
+        rel[name] = f"{folder.name}/{name}.png"
+    return rel
+
+
+def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = None) -> dict:
+    """Render the run report of one variant. Returns the context (for tests)."""
+    kind = inp.dataset.get("kind")
+    class_names = inp.dataset.get("class_names", [])
+    splits = inp.dataset.get("splits", {})
+    n_images = {k: v.get("n_images", 0) for k, v in splits.items()}
+    bench = read_benchmarks(inp.benchmark_dirs)
+    timing = timing_table(bench, n_images)
+    quality = quality_table(inp.evals)
+    best_key = next((k for _, k in reversed(QUALITY_STAGES) if inp.evals.get(k)), None)
+    per_class = per_class_table(inp.evals.get("pseudo_masks") or inp.evals.get(best_key),
+                                class_names)
+    figs = {"timing": fig_timing(timing), "per_class": fig_per_class(per_class),
+            "gallery": gallery_figure(gallery or []),
+            "train_log": Path(inp.train_log).read_bytes() if inp.train_log and
+            Path(inp.train_log).is_file() else None}
+    ctx = {
+        "title": f"CLIP-ES run report: {inp.config['dataset']['name']} / {inp.variant}",
+        "variant": inp.variant, "dataset": inp.dataset, "kind": kind,
+        "prov": provenance(inp.config), "timing": timing.to_dict("records"),
+        "total_wall": float(timing["wall_s"].sum()) if not timing.empty else None,
+        "quality": quality, "paper": PAPER.get(kind, []),
+        "per_class": None if per_class is None else per_class.to_dict("records"),
+        "per_class_source": "pseudo masks" if inp.evals.get("pseudo_masks") else best_key,
+        "baselines": inp.evals.get("baselines"), "skipped": {k: v.get("skipped", [])
+                                                              for k, v in splits.items()},
+        "figs": figs, "gallery_n": len(gallery or []),
+    }
+    env = _env()
+    html = env.get_template("run.html.j2").render(**ctx)
+    write_text(html_path, html)
+    ctx_md = dict(ctx, figs=_write_figures(figs, Path(md_path)))
+    write_text(md_path, env.get_template("run.md.j2").render(**ctx_md))
+    return ctx
+
+
+def comparison_frame(runs: dict[str, dict], base: str) -> pd.DataFrame:
+    """runs: variant -> {"evals": {...}, "timing": DataFrame}. One row per variant."""
+    rows = []
+    for v, r in runs.items():
+        row = {"variant": v}
+        for label, key in QUALITY_STAGES:
+            m = miou_of(r["evals"].get(key))
+            row[label] = None if m is None else 100 * m
+        t = r["timing"]
+        for stage in ("CAMs + CAA", "CRF + confidence", "segmentation training"):
+            s = t[t["stage"] == stage]["wall_s"]
+            row[f"{stage} (s)"] = float(s.iloc[0]) if len(s) else None
+        row["total (s)"] = float(t["wall_s"].sum()) if not t.empty else None
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for label, _ in QUALITY_STAGES:
+        b = df.loc[df["variant"] == base, label]
+        bv = b.iloc[0] if len(b) else None
+        df[f"Δ {label}"] = [None if (x is None or bv is None or pd.isna(x) or pd.isna(bv))
+                            else x - bv for x in df[label]]
+    return df
+
+
+def render_comparison(dataset_name: str, runs: dict[str, dict], base: str, html_path, md_path,
+                      notes: dict[str, str] | None = None) -> pd.DataFrame:
+    df = comparison_frame(runs, base)
+    stages = [label for label, _ in QUALITY_STAGES]
+    figs = {"comparison": fig_comparison(df, stages)}
+    ctx = {"title": f"CLIP-ES variants: {dataset_name}", "base": base,
+           "stages": stages, "rows": df.to_dict("records"), "notes": notes or {},
+           "time_cols": [c for c in df.columns if c.endswith("(s)")], "figs": figs}
+    env = _env()
+    write_text(html_path, env.get_template("comparison.html.j2").render(**ctx))
+    ctx_md = dict(ctx, figs=_write_figures(figs, Path(md_path)))
+    write_text(md_path, env.get_template("comparison.md.j2").render(**ctx_md))
+    return df
+
+
+# -------------------------------------------------------------------------- baselines
+def trivial_baselines(samples, n_classes: int) -> dict:
+    """mIoU of predictions that need no model: all background, and a centre box (half
+    the image) labelled with the image's first class. Shows how much signal there is."""
+    from .datasets import load_gt
+    from .metrics import ConfusionMatrix
+
+    bg, box = ConfusionMatrix(n_classes), ConfusionMatrix(n_classes)
+    for s in samples:
+        if s.gt is None:
+            continue
+        gt = load_gt(s)
+        h, w = gt.shape
+        bg.update(gt, np.zeros_like(gt))
+        pred = np.zeros_like(gt)
+        pred[h // 4: h - h // 4, w // 4: w - w // 4] = s.keys[0] + 1
+        box.update(gt, pred)
+    return {"all background": bg.scores()["mIoU"], "centre box, first label": box.scores()["mIoU"]}

@@ -1,0 +1,435 @@
+"""Segmentation stage: DeepLabV2 trained on pseudo masks with the confidence-guided loss.
+
+- :class:`DeepLabV2`: ResNet-101 (or -50) backbone at output stride 8 (dilated layer3/4)
+  and the ASPP head of DeepLabV2 (four 3x3 convolutions, rates 6/12/18/24, summed); a
+  ``tiny`` backbone for the demo and tests.
+- :func:`cgl_loss`: cross-entropy ignoring 255 (CGL), or the ``soft`` variant weighting
+  each pixel by its CRF confidence.
+- :func:`train`: SGD with momentum, poly schedule, head learning rate x10, random scale,
+  crop and flip; checkpoints every N iterations and exact resume. Each iteration's batch
+  and augmentation are drawn from an RNG seeded by (seed, iteration), so a resumed run
+  sees the same data as an uninterrupted one and ends at the same weights.
+- :func:`predict`: multi-scale + flip inference, optional CRF.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from .io import IGNORE, atomic_path
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ASPP_RATES = (6, 12, 18, 24)
+
+
+# ------------------------------------------------------------------------------ model
+class ASPPv2(nn.Module):
+    """DeepLabV2 head: parallel dilated 3x3 convolutions to class scores, summed."""
+
+    def __init__(self, in_ch: int, n_classes: int, rates=ASPP_RATES):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Conv2d(in_ch, n_classes, 3, padding=r, dilation=r, bias=True) for r in rates)
+        for b in self.branches:
+            nn.init.normal_(b.weight, 0, 0.01)
+            nn.init.zeros_(b.bias)
+
+    def forward(self, x):
+        return sum(b(x) for b in self.branches)
+
+
+class TinyBackbone(nn.Module):
+    """A small dilated CNN at output stride 8 (for the demo and tests)."""
+
+    out_channels = 128
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+
+        def block(cin, cout, stride=1, dilation=1):
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+                nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.body = nn.Sequential(
+            block(3, width, 2), block(width, width), block(width, 2 * width, 2),
+            block(2 * width, 2 * width), block(2 * width, 4 * width, 2),
+            block(4 * width, 4 * width, dilation=2), block(4 * width, self.out_channels, dilation=4))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _resnet_backbone(depth: int):
+    import torchvision
+
+    ctor = {101: torchvision.models.resnet101, 50: torchvision.models.resnet50}[depth]
+    net = ctor(weights=None, replace_stride_with_dilation=[False, True, True])
+    body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
+                         net.layer1, net.layer2, net.layer3, net.layer4)
+    body.out_channels = 2048
+    return body, net
+
+
+class DeepLabV2(nn.Module):
+    """images (B, 3, H, W) -> logits (B, n_classes, ceil(H/8), ceil(W/8))."""
+
+    def __init__(self, n_classes: int, backbone: str = "resnet101"):
+        super().__init__()
+        self.backbone_name = backbone
+        if backbone == "tiny":
+            self.backbone = TinyBackbone()
+            ch = TinyBackbone.out_channels
+        elif backbone in ("resnet101", "resnet50"):
+            self.backbone, self._tv = _resnet_backbone(int(backbone[6:]))
+            ch = 2048
+        else:
+            raise ValueError(f"unknown backbone {backbone!r}: resnet101, resnet50 or tiny")
+        self.head = ASPPv2(ch, n_classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+    def param_groups(self, lr: float, weight_decay: float):
+        """Backbone at lr, head at 10 x lr (DeepLab recipe)."""
+        return [
+            {"params": list(self.backbone.parameters()), "lr": lr, "base_lr": lr,
+             "weight_decay": weight_decay},
+            {"params": list(self.head.parameters()), "lr": 10 * lr, "base_lr": 10 * lr,
+             "weight_decay": weight_decay},
+        ]
+
+
+def init_backbone(model: DeepLabV2, init: str | None, log=print) -> str:
+    """Initialise the backbone from a checkpoint path, torchvision's ImageNet weights
+    ('imagenet', downloaded), or leave it random (loud warning). Returns what was used."""
+    if model.backbone_name == "tiny" or init is None:
+        if model.backbone_name != "tiny":
+            warnings.warn("segmentation backbone is RANDOMLY initialised: results will be far "
+                          "below the paper's (set segmentation.init to an ImageNet or COCO "
+                          "checkpoint)", stacklevel=2)
+        return "random"
+    if init == "imagenet":
+        import torchvision
+
+        weights = {"resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
+                   "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1}[model.backbone_name]
+        try:
+            state = weights.get_state_dict(progress=False)
+        except Exception as e:  # offline
+            warnings.warn(f"could not download torchvision ImageNet weights ({e}); the backbone "
+                          f"is RANDOMLY initialised. Give a checkpoint path in "
+                          f"segmentation.init to fix this.", stacklevel=2)
+            return "random (download failed)"
+        model._tv.load_state_dict(state)
+        return "torchvision imagenet"
+    path = Path(init)
+    if not path.is_file():
+        raise FileNotFoundError(f"segmentation.init: checkpoint {path} not found (give an "
+                                f"ImageNet/COCO-pretrained ResNet or DeepLabV2 state dict)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    target = model if any(k.startswith("backbone.") for k in state) else model._tv
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    log(f"init from {path}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+    return str(path)
+
+
+def freeze_bn(model: nn.Module) -> None:
+    """Keep BatchNorm statistics and affine parameters fixed (pretrained backbones)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------- loss
+def cgl_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None):
+    """Confidence-guided loss.
+
+    logits (B, C, h, w) are upsampled (bilinear) to the labels' (B, H, W). Pixels labelled
+    255 are ignored: no loss, no gradient. With ``weights`` (B, H, W) in [0, 1] (the soft
+    variant), each pixel's cross-entropy is weighted, normalised by the weight sum.
+    """
+    logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    if weights is None:
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    per_pixel = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
+    w = weights * (labels != IGNORE)
+    return (per_pixel * w).sum() / w.sum().clamp_min(1e-6)
+
+
+# ------------------------------------------------------------------------------- data
+@dataclass
+class TrainItem:
+    image: Path
+    label: Path  # uint8 PNG, 255 = ignore
+    conf: Path | None = None  # uint8 PNG, confidence x 255 (soft loss)
+
+
+def load_rgb(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _load_u8(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im, dtype=np.uint8)
+
+
+def normalise(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) ImageNet-normalised float32."""
+    x = torch.from_numpy(rgb.astype(np.float32) / 255).permute(2, 0, 1)
+    return (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def augment(rng: np.random.Generator, rgb, label, conf, crop: int, scale_range):
+    """Random scale, pad (label 255, image mean), random crop to crop x crop, flip."""
+    s = rng.uniform(*scale_range)
+    h, w = label.shape
+    nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
+    rgb = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+    label = np.asarray(Image.fromarray(label).resize((nw, nh), Image.NEAREST))
+    conf = np.asarray(Image.fromarray(conf).resize((nw, nh), Image.NEAREST))
+    ph, pw = max(crop - nh, 0), max(crop - nw, 0)
+    if ph or pw:
+        mean = np.array([int(255 * m) for m in IMAGENET_MEAN], np.uint8)
+        rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)))
+        rgb[nh:, :] = mean
+        rgb[:, nw:] = mean
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE)
+        conf = np.pad(conf, ((0, ph), (0, pw)))
+    y = int(rng.integers(0, label.shape[0] - crop + 1))
+    x = int(rng.integers(0, label.shape[1] - crop + 1))
+    sl = (slice(y, y + crop), slice(x, x + crop))
+    rgb, label, conf = rgb[sl], label[sl], conf[sl]
+    if rng.random() < 0.5:
+        rgb, label, conf = rgb[:, ::-1], label[:, ::-1], conf[:, ::-1]
+    return np.ascontiguousarray(rgb), np.ascontiguousarray(label), np.ascontiguousarray(conf)
+
+
+class TrainData:
+    """Decoded images and masks in memory (uint8), batches drawn per iteration."""
+
+    def __init__(self, items: list[TrainItem]):
+        if not items:
+            raise ValueError("no training images (all pseudo masks missing?)")
+        self.rgb = [load_rgb(it.image) for it in items]
+        self.label = [_load_u8(it.label) for it in items]
+        self.conf = [_load_u8(it.conf) if it.conf else np.full(lb.shape, 255, np.uint8)
+                     for it, lb in zip(items, self.label)]
+        for it, r, lb in zip(items, self.rgb, self.label):
+            if r.shape[:2] != lb.shape:
+                raise ValueError(f"{it.label} is {lb.shape[1]}x{lb.shape[0]} but {it.image} is "
+                                 f"{r.shape[1]}x{r.shape[0]}")
+
+    def batch(self, seed: int, iteration: int, batch_size: int, crop: int, scale_range):
+        rng = np.random.default_rng([seed, iteration])
+        idx = rng.integers(0, len(self.rgb), batch_size)
+        xs, ys, ws = [], [], []
+        for i in idx:
+            r, lb, c = augment(rng, self.rgb[i], self.label[i], self.conf[i], crop, scale_range)
+            xs.append(normalise(r))
+            ys.append(torch.from_numpy(lb.astype(np.int64)))
+            ws.append(torch.from_numpy(c.astype(np.float32) / 255))
+        return torch.stack(xs), torch.stack(ys), torch.stack(ws)
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainConfig:
+    n_classes: int
+    backbone: str = "resnet101"
+    init: str | None = "imagenet"
+    loss: str = "cgl"  # cgl (ignore 255) | soft (confidence-weighted) | plain (labels have no 255)
+    iterations: int = 20000
+    batch_size: int = 10
+    crop: int = 321
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    scale_range: tuple = (0.5, 1.5)
+    checkpoint_every: int = 1000
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True  # mixed precision on CUDA
+    extra: dict = field(default_factory=dict)
+
+
+def poly_lr(base: float, it: int, total: int, power: float) -> float:
+    return base * (1 - it / total) ** power
+
+
+def build_model(cfg: TrainConfig, log=print) -> tuple[DeepLabV2, str]:
+    torch.manual_seed(cfg.seed)
+    model = DeepLabV2(cfg.n_classes, cfg.backbone)
+    used = init_backbone(model, cfg.init, log)
+    return model, used
+
+
+def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int | None = None):
+    """Train and write OUT/model.pt, OUT/train_log.csv, OUT/checkpoint.pt (resume state).
+
+    A run finds OUT/checkpoint.pt and continues from it. ``stop_after`` stops after that
+    many iterations of this call (to test interruption). Returns the final model.
+    """
+    log = log or (lambda m: print(m, file=sys.stderr))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    model, used = build_model(cfg, log)
+    pretrained_bn = used not in ("random", "random (download failed)")
+    model.to(device)
+    opt = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
+                          momentum=cfg.momentum)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start = 0
+    ckpt_path = out_dir / "checkpoint.pt"
+    log_path = out_dir / "train_log.csv"
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start = state["iteration"]
+        log(f"resuming from iteration {start} ({ckpt_path})")
+    rows = _read_log(log_path, start)
+    t0 = time.time()
+    done_here = 0
+    for it in range(start, cfg.iterations):
+        model.train()
+        if pretrained_bn:
+            freeze_bn(model)
+        for g in opt.param_groups:
+            g["lr"] = poly_lr(g["base_lr"], it, cfg.iterations, cfg.poly_power)
+        x, y, w = data.batch(cfg.seed, it, cfg.batch_size, cfg.crop, cfg.scale_range)
+        x, y, w = x.to(device), y.to(device), w.to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            logits = model(x)
+        loss = cgl_loss(logits.float(), y, w if cfg.loss == "soft" else None)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        rows.append({"iteration": it + 1, "loss": float(loss), "lr": opt.param_groups[0]["lr"],
+                     "seconds": time.time() - t0})
+        done_here += 1
+        n = it + 1
+        if n % max(1, cfg.iterations // 20) == 0 or n == cfg.iterations:
+            rate = done_here / (time.time() - t0)
+            eta = (cfg.iterations - n) / max(rate, 1e-9)
+            log(f"[{'#' * (20 * n // cfg.iterations):<20}] {n}/{cfg.iterations} "
+                f"loss {np.mean([r['loss'] for r in rows[-20:]]):.4f} "
+                f"{rate:.2f} it/s, eta {eta:.0f} s")
+        if n % cfg.checkpoint_every == 0 and n < cfg.iterations:
+            _save_checkpoint(ckpt_path, model, opt, scaler, n)
+            _write_log(log_path, rows)
+        if stop_after is not None and done_here >= stop_after:
+            _save_checkpoint(ckpt_path, model, opt, scaler, n)
+            _write_log(log_path, rows)
+            return model
+    _write_log(log_path, rows)
+    with atomic_path(out_dir / "model.pt", suffix=".pt") as tmp:
+        torch.save({"model": model.state_dict(), "config": asdict(cfg), "init": used}, tmp)
+    ckpt_path.unlink(missing_ok=True)
+    return model
+
+
+def _save_checkpoint(path, model, opt, scaler, iteration):
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scaler": scaler.state_dict(), "iteration": iteration}, tmp)
+
+
+def _write_log(path, rows):
+    import io as _io
+
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["iteration", "loss", "lr", "seconds"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+def _read_log(path, upto: int) -> list[dict]:
+    if upto == 0 or not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) if k != "iteration" else int(v) for k, v in r.items()}
+                for r in csv.DictReader(f) if int(r["iteration"]) <= upto]
+
+
+def plot_log(log_csv, out_png) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.read_csv(log_csv)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(df["iteration"], df["loss"], lw=0.8, color="tab:blue", alpha=0.5)
+    ax.plot(df["iteration"], df["loss"].rolling(20, min_periods=1).mean(), color="tab:blue")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(df["iteration"], df["lr"], color="tab:orange")
+    ax2.set_ylabel("backbone lr", color="tab:orange")
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------- inference
+def load_trained(path, device="cpu") -> DeepLabV2:
+    state = torch.load(path, map_location=device, weights_only=False)
+    cfg = state["config"]
+    model = DeepLabV2(cfg["n_classes"], cfg["backbone"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def predict_probs(model: DeepLabV2, rgb: np.ndarray, scales=(1.0,), flip: bool = True,
+                  device="cpu") -> torch.Tensor:
+    """Class probabilities (C, H, W) averaged over scales and flips."""
+    h, w = rgb.shape[:2]
+    x = normalise(rgb)[None].to(device)
+    total = 0
+    for s in scales:
+        xs = F.interpolate(x, size=(max(8, math.ceil(h * s)), max(8, math.ceil(w * s))),
+                           mode="bilinear", align_corners=False) if s != 1 else x
+        batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
+        logits = model(batch)
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        if flip:
+            logits = logits[:1] + logits[1:].flip(-1)
+        total = total + logits[0].softmax(0) / (2 if flip else 1)
+    return (total / len(scales)).cpu()
+
+
+def predict_mask(model, rgb, scales=(1.0,), flip=True, use_crf=False, device="cpu") -> np.ndarray:
+    probs = predict_probs(model, rgb, scales, flip, device)
+    if use_crf:
+        from .crf import dense_crf
+
+        probs = torch.from_numpy(dense_crf(rgb, probs.numpy().astype(np.float32)))
+    return probs.argmax(0).numpy().astype(np.uint8)

@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Stage 6: predict with the trained segmentation network (multi-scale + flip, optional
+CRF); one palette PNG per image in OUT.
+
+    python scripts/predict_seg.py --dataset voc12 --root data/VOC2012 --split val.txt \
+        --model results/segmentation/model.pt --out results/pred_val
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clipes import cli, io, segmentation  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_dataset_args(p)
+    p.add_argument("--model", required=True, type=Path, help="model.pt from train_seg.py")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.25])
+    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--crf", action="store_true", help="dense CRF on the predicted probabilities")
+    p.add_argument("--device", default="auto")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ds = cli.dataset_from_args(args)
+    device = cli.resolve_device(args.device)
+    model = segmentation.load_trained(args.model, device)
+    for s in ds.samples:
+        rgb = segmentation.load_rgb(s.image)
+        mask = segmentation.predict_mask(model, rgb, tuple(args.scales), not args.no_flip,
+                                         args.crf, device)
+        io.save_mask(args.out / f"{s.id}.png", mask)
+    print(f"{len(ds.samples)} predictions in {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli.run(main)

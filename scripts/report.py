@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Reports: `run` renders one variant's report (HTML + Markdown + a JSON summary);
+`compare` renders the comparison of several variants from their summaries.
+
+    python scripts/report.py run --variant base --dataset-json results/demo/data/dataset.json \
+        --config config.json --eval cams=results/demo/base/eval/cams.json ... \
+        --html reports/demo/base.html --md reports/demo/base.md
+    python scripts/report.py compare --summary reports/demo/base.json reports/demo/no_crf.json \
+        --html reports/demo/comparison.html --md reports/demo/comparison.md
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clipes import cli, io, report  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="one variant's report")
+    cli.add_dataset_args(r)
+    r.add_argument("--variant", required=True)
+    r.add_argument("--dataset-json", required=True, type=Path)
+    r.add_argument("--config", required=True, type=Path, help="the variant's config (JSON or YAML)")
+    r.add_argument("--eval", nargs="*", default=[], metavar="STAGE=JSON",
+                   help="metrics files: cams_plain, cams, crf_labels, pseudo_masks, segmentation")
+    r.add_argument("--bench-dirs", nargs="*", type=Path, default=[])
+    r.add_argument("--train-log", type=Path, help="training loss plot (PNG)")
+    r.add_argument("--cams", nargs="*", type=Path, default=[], help="CAM folders (gallery)")
+    r.add_argument("--pseudo", nargs="*", type=Path, default=[], help="pseudo-mask folders (gallery)")
+    r.add_argument("--pred", nargs="*", type=Path, default=[], help="prediction folders (gallery)")
+    r.add_argument("--gallery", type=int, default=4, help="best and worst images shown")
+    r.add_argument("--html", required=True, type=Path)
+    r.add_argument("--md", required=True, type=Path)
+    r.add_argument("--summary", type=Path, help="JSON summary for `compare`")
+    c = sub.add_parser("compare", help="variants side by side")
+    c.add_argument("--summary", nargs="+", required=True, type=Path)
+    c.add_argument("--base", help="variant the deltas are taken against (default: the first)")
+    c.add_argument("--title", default="dataset")
+    c.add_argument("--html", required=True, type=Path)
+    c.add_argument("--md", required=True, type=Path)
+    return p.parse_args(argv)
+
+
+def run(args):
+    import yaml
+
+    evals = {}
+    for item in args.eval:
+        key, _, path = item.partition("=")
+        evals[key] = report.load_json(path)
+    cfg = yaml.safe_load(args.config.read_text())
+    ds = cli.dataset_from_args(args)
+    evals["baselines"] = report.trivial_baselines(ds.samples, ds.n_classes)
+    gallery = report.gallery_items(ds.samples, args.pseudo, args.cams, args.pred, args.gallery) \
+        if args.pseudo and args.cams else []
+    inp = report.RunInputs(args.variant, json.loads(args.dataset_json.read_text()), cfg, evals,
+                           args.bench_dirs, args.train_log)
+    ctx = report.render_run(inp, args.html, args.md, gallery)
+    if args.summary:
+        io.write_json(args.summary, {"variant": args.variant, "evals": evals,
+                                     "timing": ctx["timing"], "dataset": cfg["dataset"]["name"]})
+
+
+def compare(args):
+    import pandas as pd
+
+    runs, notes = {}, {}
+    for path in args.summary:
+        s = json.loads(path.read_text())
+        runs[s["variant"]] = {"evals": s["evals"], "timing": pd.DataFrame(
+            s["timing"], columns=["stage", "wall_s", "cpu_s", "peak_mem_mb", "jobs", "images_per_s"])}
+    base = args.base or next(iter(runs))
+    report.render_comparison(args.title, runs, base, args.html, args.md, notes)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    (run if args.cmd == "run" else compare)(args)
+
+
+if __name__ == "__main__":
+    cli.run(main)

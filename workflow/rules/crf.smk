@@ -1,0 +1,74 @@
+# Stage 4: dense CRF and confidence-masked pseudo masks (sharded), then their evaluation.
+
+
+def crf_args(variant):
+    c = vcfg(variant)["crf"]
+    args = [f"--confidence {c['confidence']}", f"--bg-power {c['bg_power']}",
+            f"--iterations {c['iterations']}", f"--image-input {c['image_input']}"]
+    if not c["enabled"]:
+        args.append("--no-crf")
+    return " ".join(args)
+
+
+rule crf:
+    input:
+        dataset=f"{DATA}/dataset.json",
+        cams=lambda w: cam_shards(w.variant),
+    output:
+        masks=directory("results/{dataset}/{variant}/pseudo_masks/shard{shard}"),
+        labels=directory("results/{dataset}/{variant}/crf_labels/shard{shard}"),
+        conf=directory("results/{dataset}/{variant}/crf_conf/shard{shard}"),
+    log:
+        log_path("crf", shard=True),
+    benchmark:
+        bench_path("crf", shard=True)
+    params:
+        data=dataset_args("train"),
+        method=lambda w: crf_args(w.variant),
+        n=lambda w: vcfg(w.variant)["crf"]["shards"],
+    threads: lambda w: vcfg(w.variant)["crf"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "{PY} {SCRIPTS}/crf.py {params.data} --cams {input.cams} {params.method} "
+        "--shard {wildcards.shard}/{params.n} --jobs {threads} --out {output.masks} "
+        "--labels-out {output.labels} --conf-out {output.conf} > {log} 2>&1"
+
+
+rule eval_pseudo_masks:
+    input:
+        dataset=f"{DATA}/dataset.json",
+        masks=lambda w: crf_shards(w.variant),
+    output:
+        "results/{dataset}/{variant}/eval/pseudo_masks.json",
+    log:
+        log_path("eval_pseudo_masks"),
+    benchmark:
+        bench_path("eval_pseudo_masks")
+    params:
+        data=dataset_args("train"),
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "{PY} {SCRIPTS}/evaluate.py {params.data} --masks {input.masks} --out {output} > {log} 2>&1"
+
+
+rule eval_crf_labels:
+    input:
+        dataset=f"{DATA}/dataset.json",
+        labels=lambda w: crf_shards(w.variant, "crf_labels"),
+    output:
+        "results/{dataset}/{variant}/eval/crf_labels.json",
+    log:
+        log_path("eval_crf_labels"),
+    benchmark:
+        bench_path("eval_crf_labels")
+    params:
+        data=dataset_args("train"),
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "{PY} {SCRIPTS}/evaluate.py {params.data} --masks {input.labels} --out {output} > {log} 2>&1"

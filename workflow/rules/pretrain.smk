@@ -1,0 +1,26 @@
+# Demo only: a tiny CLIP trained on the synthetic captions, cached like any output.
+
+
+rule train_clip:
+    input:
+        f"{DATA}/dataset.json",
+    output:
+        ckpt="results/{dataset}/{variant}/clip/clip.pt",
+        summary="results/{dataset}/{variant}/clip/summary.json",
+    log:
+        log_path("train_clip"),
+    benchmark:
+        bench_path("train_clip")
+    params:
+        data=f"{DATA}/synthetic",
+        p=lambda w: vcfg(w.variant)["model"]["pretrain"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "{PY} {SCRIPTS}/train_clip.py --data {params.data} --out {output.ckpt} "
+        "--summary {output.summary} --steps {params.p[steps]} --batch-size {params.p[batch_size]} "
+        "--seed {params.p[seed]} --image-size {params.p[image_size]} "
+        "--patch-size {params.p[patch_size]} --vision-layers {params.p[vision_layers]} "
+        "--vision-width {params.p[vision_width]} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,34 @@
+# Stage 1: sharpness-based prompt selection over candidate templates.
+
+
+def candidate_args(variant):
+    c = vcfg(variant)["text"]["select_prompt"]["candidates"]
+    items = [c] if isinstance(c, str) else c
+    return " ".join(shlex.quote(t) for t in items)
+
+
+rule score_prompts:
+    input:
+        dataset=f"{DATA}/dataset.json",
+        model=lambda w: model_input(w.variant),
+    output:
+        "results/{dataset}/{variant}/prompts/scores.tsv",
+    log:
+        log_path("score_prompts"),
+    benchmark:
+        bench_path("score_prompts")
+    params:
+        data=dataset_args("train"),
+        model=lambda w: model_args(w.variant),
+        candidates=lambda w: candidate_args(w.variant),
+        fusion=lambda w: vcfg(w.variant)["text"]["synonym_fusion"],
+        max_images=lambda w: vcfg(w.variant)["text"]["select_prompt"]["max_images"],
+        device=lambda w: cam_device(w.variant),
+    resources:
+        gpu=lambda w: wants_gpu(cam_device(w.variant)),
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "{PY} {SCRIPTS}/score_prompts.py {params.data} {params.model} --device {params.device} "
+        "--candidates {params.candidates} --synonym-fusion {params.fusion} "
+        "--max-images {params.max_images} --out {output} > {log} 2>&1"
