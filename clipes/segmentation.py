@@ -327,7 +327,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        rows.append({"iteration": it + 1, "loss": float(loss), "lr": opt.param_groups[0]["lr"],
+        rows.append({"iteration": it + 1, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"],
                      "seconds": time.time() - t0})
         done_here += 1
         n = it + 1

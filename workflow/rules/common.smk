@@ -228,6 +228,139 @@ def bench_path(rule, shard=False):
     return f"results/{{dataset}}/{{variant}}/benchmarks/{rule}{s}.tsv"
 
 
+
+
+# ---------------------------------------------------------------- dataset helpers
+def prepare_args():
+    ds = config["dataset"]
+    kind = ds["kind"]
+    args = [f"--kind {kind}"]
+    if kind == "synthetic":
+        s = ds["synthetic"]
+        return " ".join(args + [f"--seed {s['seed']} --n-train {s['n_train']} --n-val {s['n_val']}"])
+    args.append(f"--root {shlex.quote(ds['root'])}")
+    if split_path("train"):
+        args.append(f"--train-split {shlex.quote(split_path('train'))}")
+    if has_val():
+        args.append(f"--val-split {shlex.quote(split_path('val'))}")
+    if kind == "custom":
+        for key in ("classes", "background"):
+            value = ds[key]
+            if value is not None:
+                value = value if isinstance(value, str) else json.dumps(value)
+                args.append(f"--{key} {shlex.quote(value)}")
+        args.append(f"--labels {shlex.quote(ds['labels'])}")
+    if not ds["reference_quirks"]:
+        args.append("--no-reference-quirks")
+    return " ".join(args)
+
+# ---------------------------------------------------------------- prompts helpers
+def candidate_args(variant):
+    c = vcfg(variant)["text"]["select_prompt"]["candidates"]
+    items = [c] if isinstance(c, str) else c
+    return " ".join(shlex.quote(t) for t in items)
+
+# ---------------------------------------------------------------- cams helpers
+def cam_args(variant):
+    c = vcfg(variant)["cam"]
+    t = vcfg(variant)["text"]
+    args = [f"--mode {c['mode']}", f"--batch-size {c['batch_size']}", f"--device {c['device']}",
+            f"--synonym-fusion {t['synonym_fusion']}", "--keep-plain"]
+    if t["select_prompt"]["enabled"] and t["select_prompt"]["use_selected"]:
+        args.append(f"--template-table {stage_dir(variant, 'prompts')}/prompts/scores.tsv")
+    else:
+        args.append(f"--template {shlex.quote(t['template'])}")
+    if c["autocast"]:
+        args.append(f"--autocast {c['autocast']}")
+    if c["box_threshold"] is not None:
+        args.append(f"--box-threshold {c['box_threshold']}")
+    for key, flag in (("caa", "--no-caa"), ("background", "--no-background"),
+                      ("softmax", "--no-softmax"), ("clip_box_border", "--no-box-border-clip")):
+        if not c[key]:
+            args.append(flag)
+    return " ".join(args)
+
+
+def prompt_table(variant):
+    sp = vcfg(variant)["text"]["select_prompt"]
+    if sp["enabled"] and sp["use_selected"]:
+        return [f"{stage_dir(variant, 'prompts')}/prompts/scores.tsv"]
+    return []
+
+# ---------------------------------------------------------------- crf helpers
+def crf_args(variant):
+    c = vcfg(variant)["crf"]
+    args = [f"--confidence {c['confidence']}", f"--bg-power {c['bg_power']}",
+            f"--iterations {c['iterations']}", f"--image-input {c['image_input']}"]
+    if not c["enabled"]:
+        args.append("--no-crf")
+    return " ".join(args)
+
+# ---------------------------------------------------------------- segmentation helpers
+def seg_cfg(variant):
+    return vcfg(variant)["segmentation"]
+
+
+def seg_label_dirs(variant):
+    """cgl: the confidence-masked pseudo masks; plain/soft: CRF labels without the ignore
+    region (soft also reads the confidence maps)."""
+    loss = seg_cfg(variant)["loss"]
+    return crf_shards(variant, "pseudo_masks" if loss == "cgl" else "crf_labels")
+
+
+def seg_conf_dirs(variant):
+    return crf_shards(variant, "crf_conf") if seg_cfg(variant)["loss"] == "soft" else []
+
+
+def seg_train_args(variant):
+    s = seg_cfg(variant)
+    args = [f"--backbone {s['backbone']}", f"--init {shlex.quote(str(s['init'] or 'none'))}",
+            f"--loss {s['loss']}", f"--iterations {s['iterations']}",
+            f"--batch-size {s['batch_size']}", f"--crop {s['crop']}", f"--lr {s['lr']}",
+            f"--momentum {s['momentum']}", f"--weight-decay {s['weight_decay']}",
+            f"--poly-power {s['poly_power']}",
+            f"--scale-range {s['scale_range'][0]} {s['scale_range'][1]}",
+            f"--checkpoint-every {s['checkpoint_every']}", f"--seed {s['seed']}",
+            f"--device {s['device']}"]
+    return " ".join(args)
+
+
+def seg_init_input(variant):
+    init = seg_cfg(variant)["init"]
+    return [init] if init and init != "imagenet" else []
+
+# ---------------------------------------------------------------- report helpers
+def report_inputs(variant):
+    files = variant_outputs(variant)
+    c = vcfg(variant)
+    ins = dict(files)
+    ins["cams"] = cam_shards(variant)
+    ins["pseudo"] = crf_shards(variant)
+    if "eval_seg" in files:
+        ins["pred"] = f"{stage_dir(variant, 'segmentation')}/segmentation/pred_val"
+        ins["train_plot"] = f"{stage_dir(variant, 'segmentation')}/segmentation/train_log.png"
+    ins["cams_plain"] = f"{stage_dir(variant, 'cams')}/eval/cams_plain.json"
+    return ins
+
+
+def report_args(variant, input):
+    evals = [f"cams_plain={input.cams_plain}", f"cams={input.eval_cams}",
+             f"pseudo_masks={input.eval_pseudo}"]
+    if "eval_crf_labels" in input.keys():
+        evals.append(f"crf_labels={input.eval_crf_labels}")
+    if "eval_seg" in input.keys():
+        evals.append(f"segmentation={input.eval_seg}")
+    stages = ["pretrain", "prompts", "cams", "crf", "segmentation"]
+    bench = sorted({f"{stage_dir(variant, s)}/benchmarks" for s in stages})
+    bench.append(f"results/{DATASET}/benchmarks")
+    args = [f"--eval {' '.join(evals)}", f"--bench-dirs {' '.join(bench)}",
+            f"--cams {' '.join(input.cams)}", f"--pseudo {' '.join(input.pseudo)}",
+            f"--gallery {config['report']['gallery']}"]
+    if "pred" in input.keys():
+        args += [f"--pred {input.pred}", f"--train-log {input.train_plot}"]
+    return " ".join(args)
+
+
 wildcard_constraints:
     dataset=DATASET,
     variant="|".join(map(re.escape, VARIANTS)),

@@ -1,15 +1,6 @@
 # Stage 4: dense CRF and confidence-masked pseudo masks (sharded), then their evaluation.
 
 
-def crf_args(variant):
-    c = vcfg(variant)["crf"]
-    args = [f"--confidence {c['confidence']}", f"--bg-power {c['bg_power']}",
-            f"--iterations {c['iterations']}", f"--image-input {c['image_input']}"]
-    if not c["enabled"]:
-        args.append("--no-crf")
-    return " ".join(args)
-
-
 rule crf:
     input:
         dataset=f"{DATA}/dataset.json",
@@ -23,6 +14,7 @@ rule crf:
     benchmark:
         bench_path("crf", shard=True)
     params:
+        script=script("crf"),
         data=dataset_args("train"),
         method=lambda w: crf_args(w.variant),
         n=lambda w: vcfg(w.variant)["crf"]["shards"],
@@ -30,8 +22,10 @@ rule crf:
     resources:
         mem_mb=4000,
         runtime=120,
+    conda:
+        "../envs/clipes.yaml"
     shell:
-        "{PY} {SCRIPTS}/crf.py {params.data} --cams {input.cams} {params.method} "
+        "{params.script} {params.data} --cams {input.cams} {params.method} "
         "--shard {wildcards.shard}/{params.n} --jobs {threads} --out {output.masks} "
         "--labels-out {output.labels} --conf-out {output.conf} > {log} 2>&1"
 
@@ -47,12 +41,15 @@ rule eval_pseudo_masks:
     benchmark:
         bench_path("eval_pseudo_masks")
     params:
+        script=script("evaluate"),
         data=dataset_args("train"),
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/clipes.yaml"
     shell:
-        "{PY} {SCRIPTS}/evaluate.py {params.data} --masks {input.masks} --out {output} > {log} 2>&1"
+        "{params.script} {params.data} --masks {input.masks} --out {output} > {log} 2>&1"
 
 
 rule eval_crf_labels:
@@ -66,9 +63,12 @@ rule eval_crf_labels:
     benchmark:
         bench_path("eval_crf_labels")
     params:
+        script=script("evaluate"),
         data=dataset_args("train"),
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/clipes.yaml"
     shell:
-        "{PY} {SCRIPTS}/evaluate.py {params.data} --masks {input.labels} --out {output} > {log} 2>&1"
+        "{params.script} {params.data} --masks {input.labels} --out {output} > {log} 2>&1"

@@ -12,14 +12,17 @@ rule train_clip:
     benchmark:
         bench_path("train_clip")
     params:
+        script=script("train_clip"),
         data=f"{DATA}/synthetic",
         p=lambda w: vcfg(w.variant)["model"]["pretrain"],
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/clipes.yaml"
     shell:
-        "{PY} {SCRIPTS}/train_clip.py --data {params.data} --out {output.ckpt} "
+        "{params.script} --data {params.data} --out {output.ckpt} "
         "--summary {output.summary} --steps {params.p[steps]} --batch-size {params.p[batch_size]} "
         "--seed {params.p[seed]} --image-size {params.p[image_size]} "
         "--patch-size {params.p[patch_size]} --vision-layers {params.p[vision_layers]} "

@@ -1,12 +1,6 @@
 # Stage 1: sharpness-based prompt selection over candidate templates.
 
 
-def candidate_args(variant):
-    c = vcfg(variant)["text"]["select_prompt"]["candidates"]
-    items = [c] if isinstance(c, str) else c
-    return " ".join(shlex.quote(t) for t in items)
-
-
 rule score_prompts:
     input:
         dataset=f"{DATA}/dataset.json",
@@ -18,6 +12,7 @@ rule score_prompts:
     benchmark:
         bench_path("score_prompts")
     params:
+        script=script("score_prompts"),
         data=dataset_args("train"),
         model=lambda w: model_args(w.variant),
         candidates=lambda w: candidate_args(w.variant),
@@ -28,7 +23,9 @@ rule score_prompts:
         gpu=lambda w: wants_gpu(cam_device(w.variant)),
         mem_mb=8000,
         runtime=120,
+    conda:
+        "../envs/clipes.yaml"
     shell:
-        "{PY} {SCRIPTS}/score_prompts.py {params.data} {params.model} --device {params.device} "
+        "{params.script} {params.data} {params.model} --device {params.device} "
         "--candidates {params.candidates} --synonym-fusion {params.fusion} "
         "--max-images {params.max_images} --out {output} > {log} 2>&1"

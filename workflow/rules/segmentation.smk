@@ -1,39 +1,6 @@
 # Stages 5-6: DeepLabV2 trained on the pseudo masks (CGL), predicted and evaluated on val.
 
 
-def seg_cfg(variant):
-    return vcfg(variant)["segmentation"]
-
-
-def seg_label_dirs(variant):
-    """cgl: the confidence-masked pseudo masks; plain/soft: CRF labels without the ignore
-    region (soft also reads the confidence maps)."""
-    loss = seg_cfg(variant)["loss"]
-    return crf_shards(variant, "pseudo_masks" if loss == "cgl" else "crf_labels")
-
-
-def seg_conf_dirs(variant):
-    return crf_shards(variant, "crf_conf") if seg_cfg(variant)["loss"] == "soft" else []
-
-
-def seg_train_args(variant):
-    s = seg_cfg(variant)
-    args = [f"--backbone {s['backbone']}", f"--init {shlex.quote(str(s['init'] or 'none'))}",
-            f"--loss {s['loss']}", f"--iterations {s['iterations']}",
-            f"--batch-size {s['batch_size']}", f"--crop {s['crop']}", f"--lr {s['lr']}",
-            f"--momentum {s['momentum']}", f"--weight-decay {s['weight_decay']}",
-            f"--poly-power {s['poly_power']}",
-            f"--scale-range {s['scale_range'][0]} {s['scale_range'][1]}",
-            f"--checkpoint-every {s['checkpoint_every']}", f"--seed {s['seed']}",
-            f"--device {s['device']}"]
-    return " ".join(args)
-
-
-def seg_init_input(variant):
-    init = seg_cfg(variant)["init"]
-    return [init] if init and init != "imagenet" else []
-
-
 rule train_segmentation:
     input:
         dataset=f"{DATA}/dataset.json",
@@ -49,6 +16,7 @@ rule train_segmentation:
     benchmark:
         bench_path("train_segmentation")
     params:
+        script=script("train_seg"),
         data=dataset_args("train"),
         args=lambda w: seg_train_args(w.variant),
         conf=lambda w, input: f"--conf {' '.join(input.conf)}" if input.conf else "",
@@ -58,8 +26,10 @@ rule train_segmentation:
         gpu=lambda w: wants_gpu(seg_cfg(w.variant)["device"]),
         mem_mb=32000,
         runtime=720,
+    conda:
+        "../envs/clipes.yaml"
     shell:
-        "{PY} {SCRIPTS}/train_seg.py {params.data} --masks {input.masks} {params.conf} "
+        "{params.script} {params.data} --masks {input.masks} {params.conf} "
         "{params.args} --threads {threads} --out {params.out} > {log} 2>&1"
 
 
@@ -74,6 +44,7 @@ rule predict_segmentation:
     benchmark:
         bench_path("predict_segmentation")
     params:
+        script=script("predict_seg"),
         data=dataset_args("val"),
         scales=lambda w: " ".join(map(str, seg_cfg(w.variant)["test_scales"])),
         flip=lambda w: "" if seg_cfg(w.variant)["test_flip"] else "--no-flip",
@@ -84,8 +55,10 @@ rule predict_segmentation:
         gpu=lambda w: wants_gpu(seg_cfg(w.variant)["device"]),
         mem_mb=8000,
         runtime=120,
+    conda:
+        "../envs/clipes.yaml"
     shell:
-        "{PY} {SCRIPTS}/predict_seg.py {params.data} --model {input.model} --out {output} "
+        "{params.script} {params.data} --model {input.model} --out {output} "
         "--scales {params.scales} {params.flip} {params.crf} --device {params.device} > {log} 2>&1"
 
 
@@ -100,9 +73,12 @@ rule eval_segmentation:
     benchmark:
         bench_path("eval_segmentation")
     params:
+        script=script("evaluate"),
         data=dataset_args("val"),
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/clipes.yaml"
     shell:
-        "{PY} {SCRIPTS}/evaluate.py {params.data} --masks {input.pred} --out {output} > {log} 2>&1"
+        "{params.script} {params.data} --masks {input.pred} --out {output} > {log} 2>&1"

@@ -1,0 +1,127 @@
+"""Reports rendered from fixture inputs: the numbers in them are the inputs' numbers."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from clipes import report
+
+
+def _eval(miou, acc=0.5, n=10, **extra):
+    return {"mIoU": miou, "pixel_acc": acc, "class_iou": {"0": 0.9, "1": miou, "2": None},
+            "n_images": n, **extra}
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for name, s, rss in (("cams0", 10.0, 900), ("cams1", 14.0, 950), ("crf0", 3.5, 200),
+                         ("eval_cams", 1.25, 100)):
+        (bench / f"{name}.tsv").write_text(header + f"{s}\t0:00:{int(s):02d}\t{rss}\t0\t0\t0\t0\t0\t50\t{s * 1.5}\n")
+    evals = {
+        "cams_plain": {"by_power": {"1": 0.30, "2": 0.3123}, "chosen_power": 2,
+                       "chosen_is_oracle": True, "at_chosen": _eval(0.3123), "n_images": 10},
+        "cams": {"by_power": {"1": 0.4567, "2": 0.40}, "chosen_power": 1, "chosen_is_oracle": True,
+                 "at_chosen": _eval(0.4567), "n_images": 10},
+        "crf_labels": _eval(0.5012),
+        "pseudo_masks": _eval(0.5555, coverage=0.9),
+        "segmentation": None,  # switched off
+        "baselines": {"all background": 0.1111, "centre box, first label": 0.2222},
+    }
+    ds = {"kind": "voc12", "root": "/data/VOC2012", "class_names": ["background", "cat", "dog"],
+          "splits": {"train": {"n_images": 10, "skipped": [{"id": "x", "reason": "no object"}]}}}
+    cfg = {"dataset": {"name": "voc12"}, "cam": {"mode": "batched"}}
+    return report.RunInputs("base", ds, cfg, evals, [bench]), tmp_path
+
+
+def test_run_report_numbers(inputs):
+    inp, tmp = inputs
+    ctx = report.render_run(inp, tmp / "r.html", tmp / "r.md")
+    html = (tmp / "r.html").read_text()
+    md = (tmp / "r.md").read_text()
+    quality = html[html.index('id="quality"'):html.index("</table>", html.index('id="quality"'))]
+    for value in ("31.23", "45.67", "50.12", "55.55"):
+        assert value in quality and value in md
+    assert "oracle" in quality and "p=1: 30.00" in quality
+    # the switched-off stage says so in place, and shows no number
+    seg_row = re.search(r"<tr><td>segmentation \(val\)</td>(.*?)</tr>", quality, re.S).group(1)
+    assert "not available" in seg_row and "0.00" not in seg_row
+    assert "| segmentation (val) | not available |" in md
+    # timing: shards summed per stage, the total is the sum of the stages
+    timing = {r["stage"]: r for r in ctx["timing"]}
+    assert timing["CAMs + CAA"]["wall_s"] == pytest.approx(24.0)
+    assert timing["CAMs + CAA"]["jobs"] == 2 and timing["CAMs + CAA"]["peak_mem_mb"] == 950
+    assert timing["CAMs + CAA"]["images_per_s"] == pytest.approx(10 / 24)
+    assert ctx["total_wall"] == pytest.approx(28.75)
+    assert "28.8" in html and "| **total** | 28.8 |" in md
+    # paper numbers for VOC, with the split named; trivial baselines shown
+    assert "75.0" in html and "VOC train (1,464)" in html and "71.1" in md
+    assert "11.11" in html and "22.22" in md
+    assert html.count("data:image/png;base64,") >= 2  # timing and per-class figures embedded
+    assert "r_files/timing.png" in md and (tmp / "r_files" / "timing.png").is_file()
+    assert ctx["prov"]["config_hash"] and "cam:" in ctx["prov"]["config_yaml"]
+
+
+def test_comparison_report_deltas(tmp_path):
+    import pandas as pd
+
+    t = pd.DataFrame([{"stage": "CAMs + CAA", "wall_s": 20.0, "cpu_s": 1, "peak_mem_mb": 1,
+                       "jobs": 1, "images_per_s": 1}])
+    runs = {
+        "base": {"evals": {"cams": {"at_chosen": {"mIoU": 0.50}}, "pseudo_masks": {"mIoU": 0.60}},
+                 "timing": t},
+        "no_crf": {"evals": {"cams": {"at_chosen": {"mIoU": 0.50}}, "pseudo_masks": {"mIoU": 0.52}},
+                   "timing": t.assign(wall_s=15.0)},
+    }
+    df = report.render_comparison("voc12", runs, "base", tmp_path / "c.html", tmp_path / "c.md")
+    row = df.set_index("variant").loc["no_crf"]
+    assert row["pseudo masks (CRF)"] == pytest.approx(52.0)
+    assert row["Δ pseudo masks (CRF)"] == pytest.approx(-8.0)
+    assert pd.isna(row["segmentation (val)"])
+    html = (tmp_path / "c.html").read_text()
+    md = (tmp_path / "c.md").read_text()
+    assert "-8.00" in html and "52.00" in md and "15.0" in md
+    assert "data:image/png;base64," in html
+
+
+def test_trivial_baselines_on_known_masks(tmp_path):
+    from PIL import Image
+
+    from clipes.datasets import Sample
+
+    gt = np.zeros((8, 8), np.uint8)
+    gt[2:6, 2:6] = 3  # exactly the centre box
+    Image.fromarray(gt).save(tmp_path / "g.png")
+    s = Sample("a", tmp_path / "a.jpg", (2,), (8, 8), tmp_path / "g.png")
+    b = report.trivial_baselines([s], 4)
+    assert b["centre box, first label"] == pytest.approx(1.0)
+    assert b["all background"] == pytest.approx((48 / 64) / 2)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (CI installs Debian's chromium)")
+def test_reports_render_in_a_real_browser(inputs):
+    inp, tmp = inputs
+    report.render_run(inp, tmp / "r.html", tmp / "r.md")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp / 'chrome'}"]
+    url = (tmp / "r.html").resolve().as_uri()
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert dom.count("<table") >= 3 and "data:image/png;base64," in dom
+    shot = tmp / "shot.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600", url],
+                   capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("L"))
+    assert img.shape == (1600, 1200) and img.std() > 5  # not a blank page
