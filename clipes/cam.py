@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import affinity
+from . import affinity, fastgrad
 from .model import VisionTower
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -69,7 +69,11 @@ def gradcam_from_grads(acts: torch.Tensor, grads: torch.Tensor):
     Returns weights (..., C), raw map (..., P) and the normalised map (..., P):
     ReLU, norm, ReLU, norm (the reference normalises twice).
     """
-    weights = grads.mean(dim=-2)  # (..., C)
+    return gradcam_from_weights(acts, grads.mean(dim=-2))
+
+
+def gradcam_from_weights(acts: torch.Tensor, weights: torch.Tensor):
+    """As :func:`gradcam_from_grads`, from the channel weights (..., C) directly."""
     raw = (acts * weights.unsqueeze(-2)).sum(dim=-1)  # (..., P)
     cam = minmax_norm(raw.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     cam = minmax_norm(cam.clamp_min(0).unsqueeze(-1)).squeeze(-1)
@@ -87,7 +91,8 @@ class CamConfig:
     use_softmax: bool = True  # False: Grad-CAM of the raw logit (the "no softmax" ablation)
     clip_box_border: bool = True  # reference quirk: boxes lose the last row/column
     sinkhorn_rounds: int = 3
-    batch_size: int = 4  # images of one size per pass (batched mode)
+    batch_size: int = 1  # images of one size per pass (batched mode; >1 pays off on GPUs)
+    fast_grad: bool = True  # batched: hand-written Grad-CAM backward (clipes.fastgrad)
     autocast: str | None = None  # None | "fp16" | "bf16" (CUDA only)
     # reference mode: the authors' script leaves CLIP trainable, so each per-class backward
     # also computes the gradients of the last block's weights (then discarded). Same
@@ -236,13 +241,19 @@ class CamEngine:
         grid = (images[0].shape[1] // tw.patch, images[0].shape[2] // tw.patch)
         keys_list = [np.asarray(k, dtype=np.int64) for k in keys_list]
         kmax = max(len(k) for k in keys_list)
+        fast = self.cfg.fast_grad and not self.cfg.autocast and fastgrad.supported(tw.blocks[-1])
         with self._autocast():
             tokens = tw.embed(torch.stack(images).to(self.device))
             x, attn = tw.trunk(tokens, keep_attn_from=self._caa_layers())
-            with torch.enable_grad():
-                a = tw.last_block_input_norm(x)
-                out, w_last = tw.last_block(x, a)
-                feats = tw.pool_patches(out)  # (B, D), graph to a
+            if fast:
+                a = tw.last_block_input_norm(x).detach()
+                out, w_last, cache = fastgrad.last_block_forward(tw.blocks[-1], x, a)
+                feats = tw.pool_patches(out)  # (B, D)
+            else:
+                with torch.enable_grad():
+                    a = tw.last_block_input_norm(x)
+                    out, w_last = tw.last_block(x, a)
+                    feats = tw.pool_patches(out)  # (B, D), graph to a
         # d target_k / d feature, per image, on a detached copy (cheap, D-dimensional)
         cands = [self._candidates(k) for k in keys_list]
         feat_leaf = feats.detach().float().requires_grad_(True)
@@ -255,14 +266,18 @@ class CamEngine:
                 for k in range(len(keys_list[i])):
                     (g,) = torch.autograd.grad(target[k], feat_leaf, retain_graph=True)
                     dfeat[k, i] = g[i]
-        # one backward per class slot, each for all images of the batch at once (a
-        # vmapped backward, is_grads_batched, measured slower on CPU)
-        grads = torch.stack([
-            torch.autograd.grad(feats, a, grad_outputs=dfeat[k].to(feats.dtype),
-                                retain_graph=k < kmax - 1)[0]
-            for k in range(kmax)])  # (Kmax, B, 1 + P, C)
         acts = a.detach()[:, 1:].float()  # (B, P, C)
-        weights, raw, cam = gradcam_from_grads(acts[None], grads[:, :, 1:].float())  # (Kmax, B, ...)
+        if fast:  # all class slots and images at once, patch-mean gradients only
+            chan = fastgrad.gradcam_weights(tw.blocks[-1], tw.v.ln_post, tw.v.proj, out, cache,
+                                            dfeat)  # (Kmax, B, C)
+            weights, raw, cam = gradcam_from_weights(acts[None], chan.float())
+        else:  # one backward per class slot, each for all images of the batch (a vmapped
+            # backward, is_grads_batched, measured slower on CPU)
+            grads = torch.stack([
+                torch.autograd.grad(feats, a, grad_outputs=dfeat[k].to(feats.dtype),
+                                    retain_graph=k < kmax - 1)[0]
+                for k in range(kmax)])  # (Kmax, B, 1 + P, C)
+            weights, raw, cam = gradcam_from_grads(acts[None], grads[:, :, 1:].float())
         attn8 = torch.stack([*attn, w_last.detach()][-CAA_LAYERS:]).float().mean(0)[:, 1:, 1:]
         results = []
         for i in range(b):

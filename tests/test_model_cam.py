@@ -92,3 +92,53 @@ def test_gradcam_normalisation_twice_with_absolute_eps():
 def test_autocast_needs_cuda(tiny_clip):
     with pytest.raises(ValueError, match="CUDA"):
         _engine(tiny_clip, "batched", autocast="fp16")
+
+
+def _small_clip(quick_gelu: bool):
+    import open_clip
+
+    from clipes.model import Clip, _freeze
+
+    torch.manual_seed(0)
+    net = open_clip.CLIP(32, open_clip.CLIPVisionCfg(layers=3, width=64, patch_size=8, image_size=32,
+                                                     head_width=32),
+                         open_clip.CLIPTextCfg(context_length=16, width=32, heads=1, layers=1),
+                         quick_gelu=quick_gelu)
+    return Clip(_freeze(net), None, "small")
+
+
+@pytest.mark.parametrize("which", ["tiny-checkpoint", "gelu", "quickgelu"])
+def test_fast_gradcam_backward_equals_autograd(tiny_clip, which):
+    from clipes import fastgrad
+
+    clip = tiny_clip if which == "tiny-checkpoint" else _small_clip(which == "quickgelu")
+    tw = model.VisionTower(clip)
+    blk = tw.blocks[-1]
+    assert fastgrad.supported(blk)
+    torch.manual_seed(3)
+    x, _ = tw.trunk(tw.embed(torch.randn(2, 3, 48, 80)), 99)
+    a = tw.last_block_input_norm(x)
+    with torch.enable_grad():
+        out, w = tw.last_block(x, a)
+        f = tw.pool_patches(out)
+    dfeat = torch.randn(3, 2, f.shape[1])
+    want = torch.stack([torch.autograd.grad(f, a, grad_outputs=dfeat[k], retain_graph=True)[0][:, 1:].mean(1)
+                        for k in range(3)])
+    y, w_fast, cache = fastgrad.last_block_forward(blk, x, a.detach())
+    torch.testing.assert_close(y, out.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w_fast, w.detach(), atol=1e-6, rtol=1e-5)
+    got = fastgrad.gradcam_weights(blk, tw.v.ln_post, tw.v.proj, y, cache, dfeat)
+    torch.testing.assert_close(got, want, atol=1e-6 * want.abs().max().item(), rtol=1e-4)
+
+
+def test_batched_with_and_without_fast_backward_agree(tiny_clip):
+    torch.manual_seed(4)
+    hw = (40, 72)
+    images = [torch.randn(3, *cam.input_size(hw)) for _ in range(2)]
+    keys = [np.array([1, 6]), np.array([2])]
+    fast = _engine(tiny_clip, "batched", batch_size=2).run(images, keys, [hw] * 2)
+    slow = _engine(tiny_clip, "batched", batch_size=2, fast_grad=False).run(images, keys, [hw] * 2)
+    for f, s in zip(fast, slow):
+        np.testing.assert_allclose(f.extras["gradcam_weights"], s.extras["gradcam_weights"],
+                                   atol=1e-7 + 1e-5 * np.abs(s.extras["gradcam_weights"]).max())
+        np.testing.assert_allclose(f.cams, s.cams, atol=1e-4)
