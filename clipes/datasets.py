@@ -92,6 +92,15 @@ def _require_dir(path: Path, what: str, hint: str) -> None:
         raise DatasetError(f"missing folder {path} ({what}). {hint}")
 
 
+def _ground_truth(path: Path, required: bool) -> Path | None:
+    """The mask path if the file exists; a missing one is an error only when required."""
+    if path.is_file():
+        return path
+    if required:
+        raise DatasetError(f"ground-truth mask not found: {path}")
+    return None
+
+
 def read_split(path) -> list[list[str]]:
     """Non-empty lines of a split file, split on white space."""
     path = Path(path)
@@ -151,11 +160,7 @@ def load_voc12(root, split, check_sizes: bool = True, need_gt: bool = False,
             if real != hw:
                 raise DatasetError(f"{xml}: <size> says {hw[1]}x{hw[0]} but {img} is "
                                    f"{real[1]}x{real[0]}; fix the annotation or the image")
-        gt = root / "SegmentationClassAug" / f"{iid}.png"
-        gt = gt if gt.is_file() else None
-        if need_gt and gt is None:
-            raise DatasetError(f"ground-truth mask not found: "
-                               f"{root / 'SegmentationClassAug' / (iid + '.png')}")
+        gt = _ground_truth(root / "SegmentationClassAug" / f"{iid}.png", need_gt)
         if not keys:
             skipped.append({"id": iid, "reason": f"no object in {xml}"})
             continue
@@ -199,11 +204,7 @@ def load_coco14(root, split, need_gt: bool = False, reference: bool = True) -> D
         img = _coco_file(root, "JPEGImages", iid, ".jpg")
         if not img.is_file():
             raise DatasetError(f"image not found: {img} (listed in {split})")
-        gt = _coco_file(root, "SegmentationClass", iid, ".png")
-        gt = gt if gt.is_file() else None
-        if need_gt and gt is None:
-            raise DatasetError(f"ground-truth mask not found for {iid} under "
-                               f"{root / 'SegmentationClass'}")
+        gt = _ground_truth(_coco_file(root, "SegmentationClass", iid, ".png"), need_gt)
         if not labels:
             skipped.append({"id": iid, "reason": f"no label on its line in {split}"})
             continue

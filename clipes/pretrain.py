@@ -50,17 +50,22 @@ def build_tiny_clip(cfg: TinyClipConfig):
     return open_clip.CLIP(cfg.embed_dim, vision, text, quick_gelu=True)
 
 
-def _load_images(paths, size: int) -> torch.Tensor:
-    """Images resized (bicubic) to size x size, CLIP-normalised: (N, 3, size, size)."""
-    arr = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC))
-                    for p in paths]).astype(np.float32) / 255
+def load_images(images, size: int) -> torch.Tensor:
+    """Image paths or RGB arrays, resized (bicubic) to size x size and CLIP-normalised:
+    (N, 3, size, size)."""
+    def rgb(im):
+        im = Image.open(im).convert("RGB") if not isinstance(im, np.ndarray) else Image.fromarray(im)
+        return np.asarray(im.resize((size, size), Image.BICUBIC))
+
+    arr = np.stack([rgb(im) for im in images]).astype(np.float32) / 255
     x = torch.from_numpy(arr).permute(0, 3, 1, 2)
     return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
 
-def train_tiny_clip(image_paths: list, captions: list[str], out: Path,
+def train_tiny_clip(images: list, captions: list[str], out: Path,
                     cfg: TinyClipConfig = TinyClipConfig(), log=None) -> dict:
-    """Contrastive training; writes an OpenAI-format checkpoint to ``out``.
+    """Contrastive training on (image, caption) pairs (images: paths or RGB arrays);
+    writes an OpenAI-format checkpoint to ``out``.
 
     Augmentation: random horizontal flips and 90-degree rotations (shape classes are
     invariant to both). Returns a summary (steps, seconds, final loss).
@@ -72,7 +77,7 @@ def train_tiny_clip(image_paths: list, captions: list[str], out: Path,
     model = build_tiny_clip(cfg)
     tok = open_clip.get_tokenizer("ViT-B-16")
     tokens = tok(captions, context_length=cfg.context_length)
-    images = _load_images(image_paths, cfg.image_size)
+    images = load_images(images, cfg.image_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
                                                 pct_start=0.1)

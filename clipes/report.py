@@ -92,17 +92,7 @@ def provenance(config: dict, repo: Path | None = None) -> dict:
             versions[mod] = getattr(m, "__version__", "installed")
         except ImportError:
             versions[mod] = "not installed"
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
-    else:
-        device = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    device = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+    device = machine_description("cuda" if torch.cuda.is_available() else "cpu")
     cfg_text = json.dumps(config, sort_keys=True)
     return {
         "config_hash": hashlib.sha256(cfg_text.encode()).hexdigest()[:12],
@@ -110,6 +100,25 @@ def provenance(config: dict, repo: Path | None = None) -> dict:
         "git_commit": commit, "git_dirty": dirty, "versions": versions, "device": device,
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def machine_description(device: str = "cpu") -> str:
+    """GPU name, or CPU model and core count: what timings are reported with."""
+    import os
+
+    if str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def _yaml(obj) -> str:

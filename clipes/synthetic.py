@@ -150,3 +150,16 @@ def _csv(header, rows) -> str:
 def read_captions(root) -> dict[str, str]:
     with open(Path(root) / "captions.csv", newline="") as f:
         return {Path(r["image"]).stem: r["caption"] for r in csv.DictReader(f)}
+
+
+def caption_corpus(seed: int, n: int, sizes=((96, 96), (96, 120))):
+    """An in-memory image-caption corpus from the same generator (another seed): the
+    demo CLIP's 'web data', disjoint from the WSSS images. Returns (RGB arrays, captions)."""
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for _ in range(n):
+        img, _, present, _, caption = make_sample(rng, sizes[int(rng.integers(len(sizes)))])
+        if present:
+            images.append(img)
+            captions.append(caption)
+    return images, captions

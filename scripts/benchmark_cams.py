@@ -11,8 +11,6 @@ its own process so the peak memory (max RSS on CPU, max allocated on CUDA) is it
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -96,22 +94,6 @@ def worker(args):
     print(json.dumps({"seconds_per_image": dt, "peak_mb": peak}))
 
 
-def device_name(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
 def main():
     args = parse_args()
     if args.worker:
@@ -134,7 +116,9 @@ def main():
             diff = float(np.abs(res["reference"]["cams"] - res["batched"]["cams"]).max())
             diff = max(diff, float(np.abs(res["reference-frozen"]["cams"] - res["batched"]["cams"]).max()))
             rows.append((n, res["reference"], res["reference-frozen"], res["batched"], diff))
-    print(f"device: {device_name(args.device)}; torch threads: {args.threads or 'default'}; "
+    from clipes.report import machine_description
+
+    print(f"device: {machine_description(args.device)}; torch threads: {args.threads or 'default'}; "
           f"{args.model} random weights; {args.size[0]}x{args.size[1]} images, "
           f"{args.images} per label count; batched batch size {args.batch_size}; "
           f"seconds per image: the fastest of {args.repeats} passes"

@@ -24,6 +24,8 @@ def parse_args(argv=None):
     for name in ("steps", "batch_size", "seed", "image_size", "patch_size", "vision_layers",
                  "vision_width"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    p.add_argument("--corpus", type=int, default=0,
+                   help="extra generated image-caption pairs (another seed) beside the train split")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     return p.parse_args(argv)
 
@@ -39,8 +41,12 @@ def main(argv=None):
     cfg = pretrain.TinyClipConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                   image_size=args.image_size, patch_size=args.patch_size,
                                   vision_layers=args.vision_layers, vision_width=args.vision_width)
-    summary = pretrain.train_tiny_clip([args.data / "images" / f"{i}.png" for i in ids],
-                                       [caps[i] for i in ids], args.out, cfg,
+    images = [args.data / "images" / f"{i}.png" for i in ids]
+    captions = [caps[i] for i in ids]
+    if args.corpus:
+        extra_images, extra_captions = synthetic.caption_corpus(args.seed + 10_000, args.corpus)
+        images, captions = images + extra_images, captions + extra_captions
+    summary = pretrain.train_tiny_clip(images, captions, args.out, cfg,
                                        log=lambda m: print(m, file=sys.stderr))
     if args.summary:
         io.write_json(args.summary, summary)
