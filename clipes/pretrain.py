@@ -36,6 +36,9 @@ class TinyClipConfig:
     weight_decay: float = 0.1
     seed: int = 0
     max_seconds: float | None = None  # stop early after this long (the step count is logged)
+    # image embedding used in training: "tok" (CLS, as OpenAI CLIP) or "avg" (mean of the
+    # patch tokens: the pooling CLIP-ES scores with)
+    pool: str = "tok"
 
 
 def build_tiny_clip(cfg: TinyClipConfig):
@@ -43,7 +46,7 @@ def build_tiny_clip(cfg: TinyClipConfig):
 
     vision = open_clip.CLIPVisionCfg(layers=cfg.vision_layers, width=cfg.vision_width,
                                      patch_size=cfg.patch_size, image_size=cfg.image_size,
-                                     head_width=64)
+                                     head_width=64, pool_type=cfg.pool)
     text = open_clip.CLIPTextCfg(context_length=cfg.context_length, vocab_size=49408,
                                  width=cfg.text_width, heads=max(1, cfg.text_width // 64),
                                  layers=cfg.text_layers)

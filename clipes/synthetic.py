@@ -1,8 +1,8 @@
 """A synthetic WSSS dataset generated from a seed: shapes on textured backgrounds.
 
-Each image shows one to three shapes of distinct classes on a named background texture;
-colours are drawn independently of the class, so the shape, not the colour, tells the
-class. The folder is laid out as a custom dataset (see :func:`clipes.datasets.load_custom`)
+Each image shows one to three shapes of distinct classes on a named background texture.
+A shape takes its class's typical colour 60% of the time and a random colour otherwise,
+so colour is a cue but shape is needed to tell every instance's class. The folder is laid out as a custom dataset (see :func:`clipes.datasets.load_custom`)
 plus captions for training a tiny CLIP:
 
     ROOT/images/<id>.png      RGB image
@@ -27,6 +27,11 @@ from .io import atomic_path, save_mask, write_text
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring")
 BACKGROUNDS = ("stripes", "dots", "checkerboard", "noise", "plain")
+# Each class has a typical colour, used for part of its instances: colour is a cue, but
+# only shape tells the class of the others (colour alone would make the demo trivial).
+TYPICAL_COLOUR = {"circle": "red", "square": "blue", "triangle": "green", "cross": "yellow",
+                  "ring": "purple"}
+TYPICAL_COLOUR_RATE = 0.6
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220),
     "yellow": (235, 210, 40), "purple": (150, 60, 190), "orange": (240, 140, 30),
@@ -97,18 +102,19 @@ def make_sample(rng, size_hw: tuple[int, int]):
     d_img, d_mask = ImageDraw.Draw(img), ImageDraw.Draw(mask)
     n = int(rng.choice([1, 1, 2, 2, 3]))
     kinds = [CLASSES[i] for i in rng.choice(len(CLASSES), n, replace=False)]
-    colours = []
     for kind in kinds:
         r = float(rng.uniform(0.14, 0.26) * min(h, w))
         cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
-        cname = list(COLOURS)[rng.integers(len(COLOURS))]
-        colours.append(cname)
+        if rng.random() < TYPICAL_COLOUR_RATE:
+            cname = TYPICAL_COLOUR[kind]
+        else:
+            cname = list(COLOURS)[rng.integers(len(COLOURS))]
         draw_shape(d_img, d_mask, kind, cx, cy, r, float(rng.uniform(0, math.pi)),
                    COLOURS[cname], CLASSES.index(kind) + 1)
     m = np.asarray(mask)
     present = [k for k in kinds if (m == CLASSES.index(k) + 1).sum() >= 12]  # not fully hidden
-    # colours are left out of the caption: they say nothing about the class, and a CLIP
-    # trained on them learns colour words instead of shapes
+    # colours are left out of the caption: a CLIP trained on colour words learns them
+    # instead of the class words the CAM stage asks about
     caption = "a photo of " + " and ".join(f"a {k}" for k in kinds if k in present) + f" on {bg}."
     return np.asarray(img), m, present, bg, caption
 

@@ -24,6 +24,8 @@ def parse_args(argv=None):
     for name in ("steps", "batch_size", "seed", "image_size", "patch_size", "vision_layers",
                  "vision_width"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    p.add_argument("--pool", choices=["tok", "avg"], default=d.pool,
+                   help="image embedding in training: CLS token (tok) or patch mean (avg)")
     p.add_argument("--corpus", type=int, default=0,
                    help="extra generated image-caption pairs (another seed) beside the train split")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -40,7 +42,8 @@ def main(argv=None):
     ids = (args.data / "train.txt").read_text().split()
     cfg = pretrain.TinyClipConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                   image_size=args.image_size, patch_size=args.patch_size,
-                                  vision_layers=args.vision_layers, vision_width=args.vision_width)
+                                  vision_layers=args.vision_layers, vision_width=args.vision_width,
+                                  pool=args.pool)
     images = [args.data / "images" / f"{i}.png" for i in ids]
     captions = [caps[i] for i in ids]
     if args.corpus:

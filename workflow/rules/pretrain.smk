@@ -26,4 +26,5 @@ rule train_clip:
         "--summary {output.summary} --steps {params.p[steps]} --batch-size {params.p[batch_size]} "
         "--seed {params.p[seed]} --image-size {params.p[image_size]} "
         "--patch-size {params.p[patch_size]} --vision-layers {params.p[vision_layers]} "
-        "--vision-width {params.p[vision_width]} --threads {threads} > {log} 2>&1"
+        "--vision-width {params.p[vision_width]} --corpus {params.p[corpus]} --pool {params.p[pool]} "
+        "--threads {threads} > {log} 2>&1"
