@@ -63,7 +63,7 @@ class RunInputs:
     evals: dict[str, dict | None]  # stage name -> metrics JSON (None: not run)
     benchmark_dirs: list[Path] = field(default_factory=list)
     train_log: Path | None = None
-    gallery: dict | None = None  # paths for the gallery, see gallery_items()
+    prompts: Path | None = None  # prompt-selection table (TSV)
 
 
 def load_json(path) -> dict | None:
@@ -405,6 +405,7 @@ def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = 
         "baselines": inp.evals.get("baselines"), "skipped": {k: v.get("skipped", [])
                                                               for k, v in splits.items()},
         "figs": figs, "gallery_n": len(gallery or []),
+        "prompts": _prompt_rows(inp.prompts), "template": inp.config.get("text", {}),
     }
     env = _env()
     html = env.get_template("run.html.j2").render(**ctx)
@@ -412,6 +413,17 @@ def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = 
     ctx_md = dict(ctx, figs=_write_figures(figs, Path(md_path)))
     write_text(md_path, env.get_template("run.md.j2").render(**ctx_md))
     return ctx
+
+
+def _prompt_rows(path, top: int = 10) -> list[dict] | None:
+    """The prompt-selection ranking (least sharp first), top rows and the last one."""
+    if not path or not Path(path).is_file():
+        return None
+    t = pd.read_csv(path, sep="\t")
+    rows = t.head(top).to_dict("records")
+    if len(t) > top:
+        rows.append(t.iloc[-1].to_dict())
+    return rows
 
 
 def comparison_frame(runs: dict[str, dict], base: str) -> pd.DataFrame:

@@ -38,7 +38,8 @@ def parse_args(argv=None):
     g.add_argument("--no-softmax", action="store_true", help="ablation: Grad-CAM of the logit")
     g.add_argument("--no-box-border-clip", action="store_true",
                    help="improvement: boxes may include the last patch row/column")
-    g.add_argument("--batch-size", type=int, default=4, help="images of one size per pass (batched)")
+    g.add_argument("--batch-size", type=int, default=1,
+                   help="batched: images of one size per pass (>1 pays off on GPUs)")
     g.add_argument("--autocast", choices=["fp16", "bf16"], help="CUDA mixed precision")
     r = p.add_argument_group("run")
     r.add_argument("--shard", default="0/1", help="I/N: process every N-th image from the I-th")

@@ -31,6 +31,7 @@ def parse_args(argv=None):
                    help="metrics files: cams_plain, cams, crf_labels, pseudo_masks, segmentation")
     r.add_argument("--bench-dirs", nargs="*", type=Path, default=[])
     r.add_argument("--train-log", type=Path, help="training loss plot (PNG)")
+    r.add_argument("--prompts", type=Path, help="prompt-selection table (score_prompts.py)")
     r.add_argument("--cams", nargs="*", type=Path, default=[], help="CAM folders (gallery)")
     r.add_argument("--pseudo", nargs="*", type=Path, default=[], help="pseudo-mask folders (gallery)")
     r.add_argument("--pred", nargs="*", type=Path, default=[], help="prediction folders (gallery)")
@@ -60,7 +61,7 @@ def run(args):
     gallery = report.gallery_items(ds.samples, args.pseudo, args.cams, args.pred, args.gallery) \
         if args.pseudo and args.cams else []
     inp = report.RunInputs(args.variant, json.loads(args.dataset_json.read_text()), cfg, evals,
-                           args.bench_dirs, args.train_log)
+                           args.bench_dirs, args.train_log, args.prompts)
     ctx = report.render_run(inp, args.html, args.md, gallery)
     if args.summary:
         io.write_json(args.summary, {"variant": args.variant, "evals": evals,

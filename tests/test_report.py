@@ -125,3 +125,18 @@ def test_reports_render_in_a_real_browser(inputs):
 
     img = np.asarray(Image.open(shot).convert("L"))
     assert img.shape == (1600, 1200) and img.std() > 5  # not a blank page
+
+
+def test_prompt_ranking_in_run_report(inputs):
+    inp, tmp = inputs
+    (tmp / "p.tsv").write_text("template\tsharpness\tn_multilabel\trank\tselected\n"
+                               "a clean origami {}.\t1.2345\t6\t1\tTrue\n"
+                               "a photo of a {}.\t1.5\t6\t2\tFalse\n")
+    inp.prompts = tmp / "p.tsv"
+    inp.config["text"] = {"template": "a clean origami {}.", "select_prompt": {"use_selected": False}}
+    report.render_run(inp, tmp / "r.html", tmp / "r.md")
+    html = (tmp / "r.html").read_text()
+    table = html[html.index('id="prompts"'):]
+    assert table.index("a clean origami {}.") < table.index("a photo of a {}.")
+    assert "1.2345" in table
+    assert "| a photo of a {}. | 1.5000 | 2 | 6 |" in (tmp / "r.md").read_text()

@@ -3,6 +3,7 @@
 
 rule cams:
     input:
+        code=code("cams"),
         dataset=f"{DATA}/dataset.json",
         model=lambda w: model_input(w.variant),
         prompts=lambda w: prompt_table(w.variant),
@@ -33,6 +34,7 @@ rule cams:
 
 rule eval_cams:
     input:
+        code=code("evaluate"),
         dataset=f"{DATA}/dataset.json",
         cams=lambda w: cam_shards(w.variant),
     output:

@@ -185,7 +185,7 @@ def variant_outputs(variant):
     out = {
         "dataset": f"{DATA}/dataset.json",
         "eval_cams": f"{stage_dir(variant, 'cams')}/eval/cams.json",
-        "eval_cams_nocaa": None,
+        "cams_plain": f"{stage_dir(variant, 'cams')}/eval/cams_plain.json",
         "eval_pseudo": f"{stage_dir(variant, 'crf')}/eval/pseudo_masks.json",
         "eval_crf_labels": None,
         "eval_seg": None,
@@ -211,6 +211,28 @@ def all_targets():
 
 
 SCRIPTS = Path(workflow.basedir) / "scripts"
+PKG = Path(workflow.basedir) / "clipes"
+
+# The code each stage runs: its script and the package modules it uses. They are inputs
+# of the rule, so editing the code of a stage reruns that stage (and what follows).
+STAGE_CODE = {
+    "prepare_dataset": ["datasets", "synthetic", "text", "cli", "io"],
+    "train_clip": ["pretrain", "synthetic", "cam", "io"],
+    "score_prompts": ["text", "model", "datasets", "cli", "cam"],
+    "cams": ["cam", "fastgrad", "affinity", "model", "text", "datasets", "cli", "io"],
+    "evaluate": ["metrics", "crf", "datasets", "io", "cli"],
+    "crf": ["crf", "datasets", "io", "metrics", "cli"],
+    "train_seg": ["segmentation", "datasets", "metrics", "io", "cli"],
+    "predict_seg": ["segmentation", "crf", "datasets", "io", "cli"],
+    "report": ["report", "metrics", "datasets", "io", "cli", "segmentation"],
+}
+
+
+def code(script):
+    files = [str(SCRIPTS / f"{script}.py")] + [str(PKG / f"{m}.py") for m in STAGE_CODE[script]]
+    if script == "report":
+        files += sorted(str(t) for t in (PKG / "templates").glob("*.j2"))
+    return files
 PY = f'"{sys.executable}"'
 
 
@@ -339,7 +361,6 @@ def report_inputs(variant):
     if "eval_seg" in files:
         ins["pred"] = f"{stage_dir(variant, 'segmentation')}/segmentation/pred_val"
         ins["train_plot"] = f"{stage_dir(variant, 'segmentation')}/segmentation/train_log.png"
-    ins["cams_plain"] = f"{stage_dir(variant, 'cams')}/eval/cams_plain.json"
     return ins
 
 
@@ -358,6 +379,8 @@ def report_args(variant, input):
             f"--gallery {config['report']['gallery']}"]
     if "pred" in input.keys():
         args += [f"--pred {input.pred}", f"--train-log {input.train_plot}"]
+    if "prompts" in input.keys():
+        args.append(f"--prompts {input.prompts}")
     return " ".join(args)
 
 

@@ -3,6 +3,7 @@
 
 rule crf:
     input:
+        code=code("crf"),
         dataset=f"{DATA}/dataset.json",
         cams=lambda w: cam_shards(w.variant),
     output:
@@ -32,6 +33,7 @@ rule crf:
 
 rule eval_pseudo_masks:
     input:
+        code=code("evaluate"),
         dataset=f"{DATA}/dataset.json",
         masks=lambda w: crf_shards(w.variant),
     output:
@@ -54,6 +56,7 @@ rule eval_pseudo_masks:
 
 rule eval_crf_labels:
     input:
+        code=code("evaluate"),
         dataset=f"{DATA}/dataset.json",
         labels=lambda w: crf_shards(w.variant, "crf_labels"),
     output:

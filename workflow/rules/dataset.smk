@@ -2,6 +2,8 @@
 
 
 rule prepare_dataset:
+    input:
+        code=code("prepare_dataset"),
     output:
         "results/{dataset}/data/dataset.json",
     log:

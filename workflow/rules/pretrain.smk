@@ -3,7 +3,8 @@
 
 rule train_clip:
     input:
-        f"{DATA}/dataset.json",
+        code=code("train_clip"),
+        dataset=f"{DATA}/dataset.json",
     output:
         ckpt="results/{dataset}/{variant}/clip/clip.pt",
         summary="results/{dataset}/{variant}/clip/summary.json",

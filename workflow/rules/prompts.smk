@@ -3,6 +3,7 @@
 
 rule score_prompts:
     input:
+        code=code("score_prompts"),
         dataset=f"{DATA}/dataset.json",
         model=lambda w: model_input(w.variant),
     output:

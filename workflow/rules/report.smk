@@ -16,6 +16,7 @@ rule variant_config:
 rule report:
     input:
         unpack(lambda w: report_inputs(w.variant)),
+        code=code("report"),
         config="results/{dataset}/{variant}/config.yaml",
     output:
         html="reports/{dataset}/{variant}.html",
@@ -40,7 +41,8 @@ rule report:
 
 rule comparison_report:
     input:
-        expand("reports/{{dataset}}/{variant}.json", variant=list(VARIANTS)),
+        code=code("report"),
+        summaries=expand("reports/{{dataset}}/{variant}.json", variant=list(VARIANTS)),
     output:
         html="reports/{dataset}/comparison.html",
         md="reports/{dataset}/comparison.md",
@@ -55,5 +57,5 @@ rule comparison_report:
     conda:
         "../envs/clipes.yaml"
     shell:
-        "{params.script} compare --summary {input} --base {params.base} "
+        "{params.script} compare --summary {input.summaries} --base {params.base} "
         "--title {wildcards.dataset} --html {output.html} --md {output.md} > {log} 2>&1"

@@ -3,6 +3,7 @@
 
 rule train_segmentation:
     input:
+        code=code("train_seg"),
         dataset=f"{DATA}/dataset.json",
         masks=lambda w: seg_label_dirs(w.variant),
         conf=lambda w: seg_conf_dirs(w.variant),
@@ -35,6 +36,7 @@ rule train_segmentation:
 
 rule predict_segmentation:
     input:
+        code=code("predict_seg"),
         dataset=f"{DATA}/dataset.json",
         model="results/{dataset}/{variant}/segmentation/model.pt",
     output:
@@ -64,6 +66,7 @@ rule predict_segmentation:
 
 rule eval_segmentation:
     input:
+        code=code("evaluate"),
         dataset=f"{DATA}/dataset.json",
         pred="results/{dataset}/{variant}/segmentation/pred_val",
     output:
