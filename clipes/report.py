@@ -128,12 +128,17 @@ def _yaml(obj) -> str:
 
 
 # ----------------------------------------------------------------------------- timing
-def read_benchmarks(dirs: list[Path]) -> pd.DataFrame:
-    """Snakemake benchmark TSVs of every rule in ``dirs`` (shards summed per stage)."""
+def read_benchmarks(dirs: list) -> pd.DataFrame:
+    """Snakemake benchmark TSVs in ``dirs``; an entry ``DIR:rule1,rule2`` reads only those
+    rules' files (shards, ``<rule><i>.tsv``, included)."""
     rows = []
-    for d in dirs:
+    for entry in dirs:
+        d, _, only = str(entry).partition(":")
+        only = set(only.split(",")) if only else None
         for f in sorted(Path(d).glob("*.tsv")):
             rule = f.stem.rstrip("0123456789")
+            if only is not None and rule not in only:
+                continue
             b = pd.read_csv(f, sep="\t")
             if b.empty:
                 continue

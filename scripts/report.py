@@ -29,7 +29,8 @@ def parse_args(argv=None):
     r.add_argument("--config", required=True, type=Path, help="the variant's config (JSON or YAML)")
     r.add_argument("--eval", nargs="*", default=[], metavar="STAGE=JSON",
                    help="metrics files: cams_plain, cams, crf_labels, pseudo_masks, segmentation")
-    r.add_argument("--bench-dirs", nargs="*", type=Path, default=[])
+    r.add_argument("--bench-dirs", nargs="*", default=[],
+                   help="benchmark folders, each optionally DIR:rule,rule to read only those rules")
     r.add_argument("--train-log", type=Path, help="training loss plot (PNG)")
     r.add_argument("--prompts", type=Path, help="prompt-selection table (score_prompts.py)")
     r.add_argument("--cams", nargs="*", type=Path, default=[], help="CAM folders (gallery)")

@@ -140,3 +140,11 @@ def test_prompt_ranking_in_run_report(inputs):
     assert table.index("a clean origami {}.") < table.index("a photo of a {}.")
     assert "1.2345" in table
     assert "| a photo of a {}. | 1.5000 | 2 | 6 |" in (tmp / "r.md").read_text()
+
+
+def test_benchmarks_read_only_the_named_rules(inputs):
+    inp, tmp = inputs
+    bench = inp.benchmark_dirs[0]
+    b = report.read_benchmarks([f"{bench}:crf,eval_cams"])
+    assert sorted(b["rule"]) == ["crf", "eval_cams"]
+    assert len(report.read_benchmarks([bench])) == 4

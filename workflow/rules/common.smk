@@ -371,9 +371,19 @@ def report_args(variant, input):
         evals.append(f"crf_labels={input.eval_crf_labels}")
     if "eval_seg" in input.keys():
         evals.append(f"segmentation={input.eval_seg}")
-    stages = ["pretrain", "prompts", "cams", "crf", "segmentation"]
-    bench = sorted({f"{stage_dir(variant, s)}/benchmarks" for s in stages})
-    bench.append(f"results/{DATASET}/benchmarks")
+    # each stage's benchmarks come from the variant that owns the stage, and only that
+    # stage's rules: an owner's folder also holds its other stages' files
+    c = vcfg(variant)
+    stage_rules = {
+        "pretrain": "train_clip" if c["model"]["pretrain"]["enabled"] else None,
+        "prompts": "score_prompts" if c["text"]["select_prompt"]["enabled"] else None,
+        "cams": "cams,eval_cams",
+        "crf": "crf,eval_pseudo_masks,eval_crf_labels",
+        "segmentation": "train_segmentation,predict_segmentation,eval_segmentation"
+        if "eval_seg" in input.keys() else None,
+    }
+    bench = [f"{stage_dir(variant, s)}/benchmarks:{r}" for s, r in stage_rules.items() if r]
+    bench.append(f"results/{DATASET}/benchmarks:prepare_dataset")
     args = [f"--eval {' '.join(evals)}", f"--bench-dirs {' '.join(bench)}",
             f"--cams {' '.join(input.cams)}", f"--pseudo {' '.join(input.pseudo)}",
             f"--gallery {config['report']['gallery']}"]
