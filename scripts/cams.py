@@ -41,6 +41,8 @@ def parse_args(argv=None):
     g.add_argument("--batch-size", type=int, default=1,
                    help="batched: images of one size per pass (>1 pays off on GPUs)")
     g.add_argument("--autocast", choices=["fp16", "bf16"], help="CUDA mixed precision")
+    g.add_argument("--no-fast-grad", action="store_true",
+                   help="batched: use autograd instead of the hand-written Grad-CAM backward")
     r = p.add_argument_group("run")
     r.add_argument("--shard", default="0/1", help="I/N: process every N-th image from the I-th")
     r.add_argument("--resume", action="store_true", help="keep archives that already exist")
@@ -75,7 +77,7 @@ def main(argv=None):
         use_caa=not args.no_caa, use_background=not args.no_background,
         use_softmax=not args.no_softmax, clip_box_border=not args.no_box_border_clip,
         batch_size=args.batch_size, autocast=args.autocast, dump=args.dump_intermediates,
-        keep_plain=args.keep_plain)
+        keep_plain=args.keep_plain, fast_grad=not args.no_fast_grad)
     engine = cam.CamEngine(clip, fg, bg, cfg, device)
     records = cam.run_dataset(engine, samples, args.out, resume=args.resume,
                               dump=args.dump_intermediates)

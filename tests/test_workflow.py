@@ -103,6 +103,30 @@ def test_changing_one_variants_crf_reruns_only_downstream(demo_run, tmp_path):
     assert rules["train_segmentation"] == 1 and rules["report"] == 1
 
 
+def test_editing_a_stages_code_reruns_that_stage_only_downstream(demo_run):
+    """The CRF script is an input of the CRF rule: an edit reruns the CRF shards and what
+    follows, not the CAMs. A new modification time alone does not (Snakemake compares
+    checksums). The file is restored afterwards."""
+    import os
+    import time
+
+    script = REPO / "scripts" / "crf.py"
+    text, st = script.read_bytes(), script.stat()
+    try:
+        later = time.time() + 3600
+        os.utime(script, (later, later))
+        assert planned_rules(demo_run, TINY_DEMO) == {}
+        script.write_bytes(text + b"# edited\n")
+        os.utime(script, (later, later))
+        rules = planned_rules(demo_run, TINY_DEMO)
+    finally:
+        script.write_bytes(text)
+        os.utime(script, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert rules.get("crf") == 6, rules  # base, strict and no_caa, two shards each
+    assert "cams" not in rules and "train_clip" not in rules, rules
+    assert "train_segmentation" in rules and "report" in rules
+
+
 @pytest.mark.parametrize("mutate,expect", [
     (lambda c: c["cam"].update(bogus=1), "bogus"),
     (lambda c: c["cam"].update(shards="two"), "shards"),
