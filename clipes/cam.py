@@ -205,7 +205,8 @@ class CamEngine:
                 grad = torch.autograd.grad(target[k], [a, *params], allow_unused=True)[0]
             weights, raw, cam = gradcam_from_grads(a[0, 1:].detach().float(), grad[0, 1:].float())
             cam_grid = cam.view(grid)
-            deep.add_class(gradients=grad[0, 1:].T.reshape(-1, *grid))
+            if deep.enabled:
+                deep.add_class(gradients=grad[0, 1:].T.reshape(-1, *grid))
             if attn8 is None:  # the authors average the attention once, at the first class
                 attn8 = torch.stack([*attn, w_last.detach()][-CAA_LAYERS:]).float().mean(0)[0, 1:, 1:]
             if self.cfg.use_caa:
@@ -225,13 +226,15 @@ class CamEngine:
             plain.append(cam_grid)
             extras.add_class(gradcam_weights=weights, gradcam_raw=raw.view(grid),
                              grayscale_cam=cam_grid)
-        extras.add_image(probs=probs, logits=logits, text_features_used=cand,
-                         image_feature=tw.pool_patches(out.detach())[0], attn_mean8=attn8,
-                         grid_hw=grid)
-        deep.add_image(pos_embed_used=tw.pos_embed(grid), tokens_in_last_block=x[0],
-                       ln1_last_out=a[0, 1:].detach().T.reshape(-1, *grid),
-                       attn_layers=torch.stack([*attn, w_last.detach()])[:, 0])
-        extras.merge(deep)
+        if extras.enabled:  # intermediates are computed only when they are kept
+            extras.add_image(probs=probs, logits=logits, text_features_used=cand,
+                             image_feature=tw.pool_patches(out.detach())[0], attn_mean8=attn8,
+                             grid_hw=grid)
+        if deep.enabled:
+            deep.add_image(pos_embed_used=tw.pos_embed(grid), tokens_in_last_block=x[0],
+                           ln1_last_out=a[0, 1:].detach().T.reshape(-1, *grid),
+                           attn_layers=torch.stack([*attn, w_last.detach()])[:, 0])
+            extras.merge(deep)
         return self._finish(keys, torch.stack(refined), orig_hw, extras, torch.stack(plain))
 
     # ---------------------------------------------------------------- batched mode

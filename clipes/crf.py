@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-IGNORE = 255
+from .io import IGNORE
 BGR_MEAN = (104.008, 116.669, 122.675)  # subtracted from B, G, R before the CRF
 
 
@@ -93,9 +93,7 @@ def crf_pseudo_mask(image: np.ndarray, keys: np.ndarray, cams: np.ndarray,
     lut = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1]).astype(np.uint8)
     labels = lut[np.argmax(q, axis=0)]
     conf = q.max(axis=0)
-    mask = labels.copy()
-    mask[conf < p.confidence] = IGNORE
-    return labels, mask, conf
+    return labels, confidence_mask(labels, conf, p.confidence), conf
 
 
 def confidence_mask(labels: np.ndarray, conf: np.ndarray, threshold: float) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-IGNORE = 255
+from .io import IGNORE
 
 
 class ConfusionMatrix:

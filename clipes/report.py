@@ -409,7 +409,7 @@ def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = 
         "per_class_source": "pseudo masks" if inp.evals.get("pseudo_masks") else best_key,
         "baselines": inp.evals.get("baselines"), "skipped": {k: v.get("skipped", [])
                                                               for k, v in splits.items()},
-        "figs": figs, "gallery_n": len(gallery or []),
+        "figs": figs,
         "prompts": _prompt_rows(inp.prompts), "template": inp.config.get("text", {}),
     }
     env = _env()

@@ -19,7 +19,7 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -268,7 +268,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  # mixed precision on CUDA
-    extra: dict = field(default_factory=dict)
 
 
 def poly_lr(base: float, it: int, total: int, power: float) -> float:
