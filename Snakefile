@@ -16,6 +16,12 @@ min_version("8.0")
 configfile: "config/config.yaml"
 
 
+# run by the submitting snakemake process, never sent to a cluster
+localrules:
+    all,
+    variant_config,
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/dataset.smk"
 include: "workflow/rules/pretrain.smk"

@@ -22,8 +22,8 @@ rule cams:
     threads: 2
     resources:
         gpu=lambda w: wants_gpu(cam_device(w.variant)),
-        mem_mb=16000,
-        runtime=240,
+        mem_mb=res("cams", "mem_mb"),
+        runtime=res("cams", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:
@@ -49,8 +49,8 @@ rule eval_cams:
         data=dataset_args("train"),
         powers=lambda w: " ".join(map(str, vcfg(w.variant)["cam"]["bg_powers"])),
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=res("eval_cams", "mem_mb"),
+        runtime=res("eval_cams", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:

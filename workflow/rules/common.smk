@@ -24,6 +24,31 @@ STAGE_SECTIONS = {
 }
 
 
+# Cluster requests per rule: memory (MB) and runtime (minutes, SLURM's -t). Sized for VOC12
+# train_aug with ResNet-101 on one GPU; config 'resources' overrides them rule by rule, a
+# profile's set-resources overrides both.
+RESOURCES = {
+    "prepare_dataset": {"mem_mb": 2000, "runtime": 30},
+    "train_clip": {"mem_mb": 4000, "runtime": 60},
+    "score_prompts": {"mem_mb": 8000, "runtime": 120},
+    "cams": {"mem_mb": 16000, "runtime": 240},
+    "eval_cams": {"mem_mb": 4000, "runtime": 60},
+    "crf": {"mem_mb": 4000, "runtime": 120},
+    "eval_pseudo_masks": {"mem_mb": 4000, "runtime": 60},
+    "eval_crf_labels": {"mem_mb": 4000, "runtime": 60},
+    "train_segmentation": {"mem_mb": 32000, "runtime": 720},
+    "predict_segmentation": {"mem_mb": 8000, "runtime": 120},
+    "eval_segmentation": {"mem_mb": 4000, "runtime": 60},
+    "report": {"mem_mb": 4000, "runtime": 30},
+    "comparison_report": {"mem_mb": 2000, "runtime": 10},
+}
+
+
+def res(rule, key):
+    """A rule's request: config 'resources' if set there, else RESOURCES."""
+    return config["resources"].get(rule, {}).get(key, RESOURCES[rule][key])
+
+
 def deep_merge(base, overrides, where="variants"):
     out = copy.deepcopy(base)
     for key, value in overrides.items():
@@ -40,10 +65,11 @@ def load_variants(cfg):
     validate(cfg, SCHEMA)  # fills defaults, names the bad key on error
     variants = {}
     for name, overrides in cfg["variants"].items():
-        if "variants" in overrides or "report" in overrides or "dataset" in overrides:
+        fixed = [k for k in ("dataset", "report", "resources", "variants") if k in overrides]
+        if fixed:
             raise WorkflowError(
-                f"variant {name!r}: overrides may not change 'dataset', 'report' or "
-                f"'variants' (one dataset per config; use another config file)")
+                f"variant {name!r}: overrides may not change {fixed[0]!r} ('dataset', "
+                f"'report', 'resources' and 'variants' hold for every variant of a config)")
         merged = deep_merge({k: v for k, v in raw.items() if k != "variants"}, overrides)
         try:
             validate(merged, SCHEMA)
@@ -62,6 +88,11 @@ DATA = f"results/{DATASET}/data"
 
 def vcfg(variant):
     return VARIANTS[variant]
+
+
+def result_config(variant):
+    """The config a variant's results depend on: without cluster requests or variants."""
+    return {k: v for k, v in vcfg(variant).items() if k not in ("resources", "variants")}
 
 
 def owner(variant, stage):

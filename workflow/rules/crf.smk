@@ -21,8 +21,8 @@ rule crf:
         n=lambda w: vcfg(w.variant)["crf"]["shards"],
     threads: lambda w: vcfg(w.variant)["crf"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=res("crf", "mem_mb"),
+        runtime=res("crf", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:
@@ -46,8 +46,8 @@ rule eval_pseudo_masks:
         script=script("evaluate"),
         data=dataset_args("train"),
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=res("eval_pseudo_masks", "mem_mb"),
+        runtime=res("eval_pseudo_masks", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:
@@ -69,8 +69,8 @@ rule eval_crf_labels:
         script=script("evaluate"),
         data=dataset_args("train"),
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=res("eval_crf_labels", "mem_mb"),
+        runtime=res("eval_crf_labels", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:

@@ -15,8 +15,8 @@ rule prepare_dataset:
         args=prepare_args(),
         out=DATA,
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=res("prepare_dataset", "mem_mb"),
+        runtime=res("prepare_dataset", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:

@@ -18,8 +18,8 @@ rule train_clip:
         p=lambda w: vcfg(w.variant)["model"]["pretrain"],
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=res("train_clip", "mem_mb"),
+        runtime=res("train_clip", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:

@@ -22,8 +22,8 @@ rule score_prompts:
         device=lambda w: cam_device(w.variant),
     resources:
         gpu=lambda w: wants_gpu(cam_device(w.variant)),
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=res("score_prompts", "mem_mb"),
+        runtime=res("score_prompts", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:

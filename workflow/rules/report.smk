@@ -7,7 +7,7 @@ rule variant_config:
     log:
         log_path("variant_config"),
     params:
-        text=lambda w: yaml.safe_dump(vcfg(w.variant), sort_keys=False),
+        text=lambda w: yaml.safe_dump(result_config(w.variant), sort_keys=False),
     run:
         Path(output[0]).write_text(params.text)
         Path(log[0]).write_text(f"effective config of variant {wildcards.variant}\n")
@@ -29,8 +29,8 @@ rule report:
         data=dataset_args("train"),
         args=lambda w, input: report_args(w.variant, input),
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:
@@ -52,8 +52,8 @@ rule comparison_report:
         script=script("report"),
         base=config["report"]["baseline_variant"] or BASE,
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=res("comparison_report", "mem_mb"),
+        runtime=res("comparison_report", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:

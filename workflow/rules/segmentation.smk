@@ -25,8 +25,8 @@ rule train_segmentation:
     threads: 2
     resources:
         gpu=lambda w: wants_gpu(seg_cfg(w.variant)["device"]),
-        mem_mb=32000,
-        runtime=720,
+        mem_mb=res("train_segmentation", "mem_mb"),
+        runtime=res("train_segmentation", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:
@@ -55,8 +55,8 @@ rule predict_segmentation:
     threads: 2
     resources:
         gpu=lambda w: wants_gpu(seg_cfg(w.variant)["device"]),
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=res("predict_segmentation", "mem_mb"),
+        runtime=res("predict_segmentation", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:
@@ -79,8 +79,8 @@ rule eval_segmentation:
         script=script("evaluate"),
         data=dataset_args("val"),
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=res("eval_segmentation", "mem_mb"),
+        runtime=res("eval_segmentation", "runtime"),
     conda:
         "../envs/clipes.yaml"
     shell:
