@@ -100,8 +100,6 @@ def gradcam_weights(blk, ln_post, proj, y, cache, dfeat):
     dhid = dy + _ln_backward(cache["z_hat"], cache["z_rstd"], blk.ln_2.weight, dz)
     # attention output projection
     do = (dhid @ blk.attn.out_proj.weight).view(kk, b, n, heads, d).transpose(2, 3)  # (K,B,H,N,d)
-    q, k, v, s_, o = cache["q"], cache["k"], cache["v"], cache["probs"], cache["o"]
-    scale = cache["scale"]
     # Softmax backward, summed over patch tokens only (per head; t runs over patches):
     #   dL_ij = S_ij (do_i . v_j - delta_i),  delta_i = do_i . o_i
     #   sum_t dq_t = scale * sum_j colP_j k_j,  colP_j = sum_t dL_tj

@@ -1,6 +1,5 @@
 """Reports rendered from fixture inputs: the numbers in them are the inputs' numbers."""
 
-import json
 import re
 import shutil
 import subprocess
