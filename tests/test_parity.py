@@ -1,9 +1,11 @@
 """Parity with the authors' code on the golden set (CLIPES_GOLDEN_DIR, default
 ../shared/reference). The stage scripts run as a user runs them; their outputs and the
 dumped intermediate arrays are compared with every array the golden set holds, within
-the bounds of the golden README's section 8."""
+the bounds of the golden README's section 8. The CAM runs use the CPU, or the device
+named by CLIPES_TEST_DEVICE (e.g. cuda, to check the GPU path against the same bounds)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 from conftest import run_script
 
 MODES = ["reference", "batched"]
+DEVICE = os.environ.get("CLIPES_TEST_DEVICE", "cpu")
 SETS = {
     "voc12": ("voc", "voc/ImageSets/Segmentation/train.txt"),
     "coco14": ("coco", "coco/train.txt"),
@@ -34,7 +37,7 @@ def cam_run(request, golden, tmp_path_factory):
     dataset, mode = request.param
     out = tmp_path_factory.mktemp(f"cams-{dataset}-{mode}")
     run_script("cams", *_args(golden, dataset), "--checkpoint", golden / "clip_tiny.pt",
-               "--out", out / "cams", "--mode", mode, "--device", "cpu", "--dump-intermediates")
+               "--out", out / "cams", "--mode", mode, "--device", DEVICE, "--dump-intermediates")
     return dataset, mode, out
 
 
