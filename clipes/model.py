@@ -248,4 +248,5 @@ class VisionTower:
 
     def pool_patches(self, out: torch.Tensor) -> torch.Tensor:
         """CLIP-ES image feature: ln_post, MEAN of the patch tokens (no CLS), proj. (B, D)"""
-        return self.v.ln_post(out)[:, 1:].mean(dim=1) @ self.v.proj
+        pooled = self.v.ln_post(out)[:, 1:].mean(dim=1)
+        return pooled.to(self.v.proj.dtype) @ self.v.proj  # one dtype: CPU autocast mixes them

@@ -93,6 +93,8 @@ def test_editing_a_stages_code_reruns_that_stage_only_downstream(demo_run):
     (lambda c: c["cam"].update(shards="two"), "shards"),
     (lambda c: c["variants"].update(bad={"crf": {"nonsense": True}}), "nonsense"),
     (lambda c: c["dataset"].update(kind="voc12", root="/nonexistent/VOC2012"), "/nonexistent/VOC2012"),
+    (lambda c: c["cam"].update(mode="reference", autocast="fp16"), "autocast"),
+    (lambda c: c.update(resources={"cams": {"mem": 4}}), "mem"),
 ])
 def test_config_errors_fail_before_any_job(tmp_path, mutate, expect):
     cfg = json.loads(json.dumps(TINY_DEMO))

@@ -75,6 +75,10 @@ def load_variants(cfg):
             validate(merged, SCHEMA)
         except WorkflowError as e:
             raise WorkflowError(f"config of variant {name!r} is invalid: {e}") from None
+        if merged["cam"]["autocast"] and merged["cam"]["mode"] == "reference":
+            raise WorkflowError(
+                f"variant {name!r}: cam.autocast applies to cam.mode 'batched'; 'reference' "
+                f"reproduces the authors' fp32 computation")
         merged["variants"] = {}
         variants[name] = merged
     return variants
