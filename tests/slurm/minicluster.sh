@@ -9,7 +9,7 @@
 # One node (this host) with all its CPUs and memory and a `gpu` gres backed by a dummy
 # device file, so GPU-requesting jobs are scheduled (they run on the CPU). No slurmdbd:
 # job status comes from `squeue`, so finished jobs stay visible for MinJobAge seconds.
-# No systemd or cgroups: proctrack/linuxproc and task/none. Ports are picked free, and
+# No systemd, no cgroup control: proctrack/linuxproc and task/none. Ports are picked free;
 # munge runs on its own key and socket, so nothing of a real installation is touched.
 # Exit codes: 0 ready, 3 cannot run here (reason on stderr), other: unexpected failure.
 set -euo pipefail
@@ -158,7 +158,7 @@ slurmctld -f "$SLURM_CONF" -i 2>"$dir/log/slurmctld.err" \
 # 23.02 and later accept CgroupPlugin=disabled (22.05 only knows v1, v2 and autodetect)
 if ! slurmd -f "$SLURM_CONF" 2>"$dir/log/slurmd.err"; then
   if grep -q "cgroup" "$dir/log/slurmd.log" 2>/dev/null && [[ ! -f "$ETC/cgroup.conf" ]]; then
-    echo "CgroupPlugin=disabled  # $MARK" >"$ETC/cgroup.conf"
+    printf '# %s\nCgroupPlugin=disabled\n' "$MARK" >"$ETC/cgroup.conf"
     slurmd -f "$SLURM_CONF" 2>"$dir/log/slurmd.err"
   else
     false
