@@ -10,7 +10,7 @@
 # device file, so GPU-requesting jobs are scheduled (they run on the CPU). No slurmdbd:
 # job status comes from `squeue`, so finished jobs stay visible for MinJobAge seconds.
 # No systemd, no cgroup control: proctrack/linuxproc and task/none. Ports are picked free;
-# munge runs on its own key and socket, so nothing of a real installation is touched.
+# munge runs on its own key and socket; the config goes to /etc/slurm only where none is.
 # Exit codes: 0 ready, 3 cannot run here (reason on stderr), other: unexpected failure.
 set -euo pipefail
 

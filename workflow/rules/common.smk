@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
@@ -127,6 +128,21 @@ def check_dataset_root():
 
 
 check_dataset_root()
+
+
+def hint_pulled_results():
+    """Results pulled with DVC into a clone without Snakemake records look out of date
+    (pulled files carry the pull's times): say how to re-stamp them (README, Sharing)."""
+    if (Path(f"results/{DATASET}.dvc").is_file() and Path(f"results/{DATASET}").is_dir()
+            and not Path(".snakemake/metadata").is_dir()):
+        logger.warning(
+            f"results/{DATASET} came with DVC and Snakemake has no records of it here: "
+            f"right after 'dvc pull', run 'snakemake --touch --cores 1' with this config "
+            f"once, or the jobs below are rerun for the pull's file times alone "
+            f"(README, 'Sharing data and results').")
+
+
+hint_pulled_results()
 
 
 def dataset_root():
