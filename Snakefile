@@ -13,7 +13,11 @@ from snakemake.utils import min_version
 min_version("8.0")
 
 
-configfile: "config/config.yaml"
+# A bare `snakemake` runs the demo. A config named with --configfile (or by a profile) is
+# used alone, filled in by the schema's defaults: it is never merged into the demo's.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 # run by the submitting snakemake process, never sent to a cluster

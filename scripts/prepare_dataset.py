@@ -31,6 +31,9 @@ def parse_args(argv=None):
     p.add_argument("--labels", type=Path, help="custom: CSV image,labels")
     p.add_argument("--background", help="custom: JSON list of words, or a file (default VOC12 set)")
     p.add_argument("--no-reference-quirks", action="store_true")
+    p.add_argument("--conversion", type=Path,
+                   help="convert.json of the conversion from the official downloads, kept "
+                        "in dataset.json (what came from where)")
     g = p.add_argument_group("synthetic")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--n-train", type=int, default=400)
@@ -78,6 +81,8 @@ def main(argv=None):
         io.write_text(args.out / "background.txt", "\n".join(bg or VOC12_BACKGROUND) + "\n")
         ns.classes, ns.background = args.out / "classes.yaml", args.out / "background.txt"
     manifest = {"kind": args.kind, "root": str(ns.root), "splits": {}}
+    if args.conversion is not None:
+        manifest["conversion"] = json.loads(args.conversion.read_text())
     for name, split in splits.items():
         if split is None and not (name == "train" and args.kind == "custom"):
             continue  # custom train without a split file: every row of the label table

@@ -29,6 +29,8 @@ STAGE_SECTIONS = {
 # train_aug with ResNet-101 on one GPU; config 'resources' overrides them rule by rule, a
 # profile's set-resources overrides both.
 RESOURCES = {
+    "convert_voc12": {"mem_mb": 4000, "runtime": 60},
+    "convert_coco14": {"mem_mb": 16000, "runtime": 240},
     "prepare_dataset": {"mem_mb": 2000, "runtime": 30},
     "train_clip": {"mem_mb": 4000, "runtime": 60},
     "score_prompts": {"mem_mb": 8000, "runtime": 120},
@@ -89,6 +91,7 @@ VARIANTS = load_variants(config)
 BASE = next(iter(VARIANTS))
 DATASET = config["dataset"]["name"]
 DATA = f"results/{DATASET}/data"
+DATASET_KIND = config["dataset"]["kind"]
 
 
 def vcfg(variant):
@@ -110,24 +113,56 @@ def owner(variant, stage):
 
 
 # ---------------------------------------------------------------- dataset arguments
+HINTS = {
+    "voc12": "download the VOC2012 trainval tar and SBD or SegmentationClassAug (README: "
+    "'Reproducing VOC12')",
+    "coco14": "download COCO 2014 train/val images and annotations (README: 'Reproducing COCO14')",
+    "custom": "point dataset.root at the folder holding images/ (README: 'Your own dataset')",
+}
+CONVERTED_MARKER = {"voc12": "SegmentationClassAug", "coco14": "SegmentationClass"}
+
+
+def dataset_layout():
+    """'official' (downloads, converted by a rule) or 'converted' (ready for the stages)."""
+    ds = config["dataset"]
+    if ds["kind"] not in CONVERTED_MARKER:
+        return "converted"
+    if ds["layout"] != "auto":
+        return ds["layout"]
+    ready = (Path(ds["root"]) / CONVERTED_MARKER[ds["kind"]]).is_dir()
+    return "converted" if ready else "official"
+
+
 def check_dataset_root():
     ds = config["dataset"]
-    if ds["kind"] == "synthetic":
+    kind = ds["kind"]
+    if kind == "synthetic":
         return
-    hints = {
-        "voc12": "download VOC2012 and SegmentationClassAug (README: 'Reproducing VOC12')",
-        "coco14": "download COCO2014 and its semantic masks (README: 'Reproducing COCO14')",
-        "custom": "point dataset.root at the folder holding images/ (README: 'Your own dataset')",
-    }
     if not ds["root"]:
-        raise WorkflowError(f"dataset.root is not set: {hints[ds['kind']]}")
+        raise WorkflowError(f"dataset.root is not set: {HINTS[kind]}")
     if not Path(ds["root"]).is_dir():
-        raise WorkflowError(f"dataset.root {ds['root']!r} does not exist: {hints[ds['kind']]}")
-    if ds["kind"] == "custom" and not ds["labels"]:
+        raise WorkflowError(f"dataset.root {ds['root']!r} does not exist: {HINTS[kind]}")
+    if kind == "custom" and not ds["labels"]:
         raise WorkflowError("dataset.labels is not set: custom datasets need a CSV of image labels")
+    if kind == "voc12" and dataset_layout() == "official":
+        found = [ds[k] for k in ("aug_masks", "sbd") if ds[k] and Path(ds[k]).is_dir()]
+        if not found:
+            raise WorkflowError(
+                f"dataset.root {ds['root']!r} has no SegmentationClassAug/, so it is read as "
+                f"the official VOC2012 folder, and the SBD masks are missing: dataset.sbd "
+                f"{ds['sbd']!r} and dataset.aug_masks {ds['aug_masks']!r} do not exist. "
+                f"{HINTS['voc12']}")
 
 
 check_dataset_root()
+LAYOUT = dataset_layout()
+CONVERTED = f"{DATA}/converted"
+if config["dataset"]["kind"] in CONVERTED_MARKER:
+    logger.info(
+        f"dataset {DATASET}: {config['dataset']['kind']} in the {LAYOUT} layout at "
+        f"{config['dataset']['root']}"
+        + (f" (converted into {CONVERTED} by convert_{config['dataset']['kind']})"
+           if LAYOUT == "official" else ""))
 
 
 def hint_pulled_results():
@@ -146,8 +181,16 @@ hint_pulled_results()
 
 
 def dataset_root():
+    """The folder the stages read: generated, converted from the downloads, or root."""
     ds = config["dataset"]
-    return f"{DATA}/synthetic" if ds["kind"] == "synthetic" else ds["root"]
+    if ds["kind"] == "synthetic":
+        return f"{DATA}/synthetic"
+    return CONVERTED if LAYOUT == "official" else ds["root"]
+
+
+def conversion_output():
+    """The conversion rule's summary, where the dataset comes as official downloads."""
+    return [f"{CONVERTED}/convert.json"] if LAYOUT == "official" else []
 
 
 def split_path(which):
@@ -160,7 +203,7 @@ def split_path(which):
         return None
     if os.path.isabs(name) or ds["kind"] == "custom" and Path(name).is_file():
         return name
-    return str(Path(ds["root"]) / name)
+    return str(Path(dataset_root()) / name)
 
 
 def dataset_args(which="train"):
@@ -267,6 +310,8 @@ PKG = Path(workflow.basedir) / "clipes"
 # The code each stage runs: its script and the package modules it uses. They are inputs
 # of the rule, so editing the code of a stage reruns that stage (and what follows).
 STAGE_CODE = {
+    "convert_voc12": ["convert", "datasets", "cli", "io"],
+    "convert_coco14": ["convert", "datasets", "cli", "io"],
     "prepare_dataset": ["datasets", "synthetic", "text", "cli", "io"],
     "train_clip": ["pretrain", "synthetic", "cam", "io"],
     "score_prompts": ["text", "model", "datasets", "cli", "cam"],
@@ -311,7 +356,9 @@ def prepare_args():
     if kind == "synthetic":
         s = ds["synthetic"]
         return " ".join(args + [f"--seed {s['seed']} --n-train {s['n_train']} --n-val {s['n_val']}"])
-    args.append(f"--root {shlex.quote(ds['root'])}")
+    args.append(f"--root {shlex.quote(dataset_root())}")
+    if LAYOUT == "official":
+        args.append(f"--conversion {CONVERTED}/convert.json")
     if split_path("train"):
         args.append(f"--train-split {shlex.quote(split_path('train'))}")
     if has_val():
@@ -326,6 +373,15 @@ def prepare_args():
     if not ds["reference_quirks"]:
         args.append("--no-reference-quirks")
     return " ".join(args)
+
+def voc_convert_args():
+    ds = config["dataset"]
+    args = [f"--voc {shlex.quote(ds['root'])}"]
+    for key in ("sbd", "aug_masks"):
+        if ds[key]:
+            args.append(f"--{key.replace('_', '-')} {shlex.quote(ds[key])}")
+    return " ".join(args)
+
 
 # ---------------------------------------------------------------- prompts helpers
 def candidate_args(variant):
