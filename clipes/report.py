@@ -23,7 +23,7 @@ import pandas as pd
 
 from .io import IGNORE, atomic_path, load_mask, voc_palette, write_text
 
-# METHOD.md, "Reference numbers" (mIoU %, split named)
+# The CLIP-ES paper's numbers (docs/method.md; mIoU %, split named)
 PAPER = {
     "voc12": [
         ("initial CAM", "initial softmax-GradCAM", "VOC train (1,464)", 58.6),

@@ -216,7 +216,7 @@ def encode_prompts(
 
 def sharpness(scores_per_image: Iterable[np.ndarray]) -> float:
     """Sharpness of a template: sum over images of var/mean of the softmax scores of the
-    image's ground-truth classes (METHOD.md, Stage 1). Single-label images add 0."""
+    image's ground-truth classes (docs/method.md, prompt selection). Single-label images add 0."""
     total = 0.0
     for s in scores_per_image:
         s = np.asarray(s, dtype=np.float64)

@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from conftest import REPO
+import workflow_helpers as helpers
 from workflow_helpers import SNAKEMAKE, TINY_DEMO
 
 CONFIG = {**TINY_DEMO, "variants": {"base": {}}}
@@ -49,16 +50,8 @@ def tree(root: Path, skip_cams=False) -> dict[str, str]:
 
 
 def copy_project(dst: Path):
-    """The project as it is checked out here (uncommitted edits included), as a new repo."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, text=True)
-    if listed.returncode != 0:
-        pytest.skip(f"{REPO} is not a git checkout")
-    for rel in filter(None, listed.stdout.split("\0")):
-        src = REPO / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
+    """The project as checked out here, as a new git repository."""
+    helpers.copy_project(dst)
     git(dst, "init", "-q")
 
 

@@ -1,9 +1,12 @@
 """Running the workflow through the `snakemake` command, shared by the workflow tests."""
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -47,3 +50,67 @@ def planned_rules(workdir, config, *args) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def copy_project(dst: Path) -> Path:
+    """The project as it is checked out here (uncommitted edits included, ignored files
+    left out): what a fresh clone of this state holds."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip(f"{REPO} is not a git checkout")
+    for rel in filter(None, listed.stdout.split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    return dst
+
+
+def user_env() -> dict:
+    """The environment of a user's shell: this Python's scripts (snakemake) first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def shell(cwd: Path, command: str, check: bool = True, timeout=None) -> subprocess.CompletedProcess:
+    """Run a command line as a user types it, from `cwd`."""
+    proc = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True,
+                          env=user_env(), timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{command!r} in {cwd} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def readme_commands(section: str) -> list[str]:
+    """The command lines of the bash blocks in one README section (## heading)."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"## {section}\n")
+    end = text.find("\n## ", start + 1)
+    body = text[start:end if end > 0 else None]
+    cmds, inside = [], False
+    for line in body.splitlines():
+        if line.startswith("```"):
+            inside = line.strip() == "```bash" if not inside else False
+            continue
+        if inside and line.strip() and not line.lstrip().startswith("#"):
+            cmds.append(line.split("  #")[0].strip())
+    return cmds
+
+
+def dry_run_jobs(cwd: Path, command: str) -> list[tuple[str, str]]:
+    """(rule, first output) of every job a command's dry run (-n appended) plans."""
+    out = shell(cwd, command + " -n").stdout
+    jobs, rule = [], None
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("rule ") or line.startswith("localrule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.startswith("output:") and rule:
+            jobs.append((rule, line.split()[1].rstrip(",")))
+            rule = None
+        elif line.startswith("jobid:") and rule:  # a job without outputs (all)
+            pass
+    return jobs

@@ -1,0 +1,135 @@
+"""The README's real-data commands, run verbatim from the root of a fresh copy of the
+project, as a user types them: the VOC12 and COCO14 configs mean exactly what they say
+(no demo job, no demo variant), and they run from the official downloads' layout (the
+stand-ins) through every stage to the reports."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from workflow_helpers import copy_project, dry_run_jobs, readme_commands, shell
+
+pytestmark = pytest.mark.slow
+
+DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+SECTIONS = {"voc12": "Reproducing VOC12", "coco14": "Reproducing COCO14"}
+STANDINS = "python scripts/make_standins.py --out data/standins"
+
+
+def command(section: str, starts: str) -> str:
+    cmds = [c for c in readme_commands(section) if c.startswith(starts)]
+    assert len(cmds) == 1, (section, starts, readme_commands(section))
+    return cmds[0]
+
+
+def deep_merge(base, over):
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def owners(cfg: dict, sections: tuple) -> set[str]:
+    """Variants that compute a stage themselves: the first of each group agreeing on the
+    config sections the stage depends on."""
+    seen, out = set(), set()
+    for name, over in cfg["variants"].items():
+        merged = deep_merge({k: v for k, v in cfg.items() if k != "variants"}, over)
+        key = json.dumps({s: merged.get(s) for s in sections}, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.add(name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = copy_project(tmp_path_factory.mktemp("fresh") / "clipes")
+    assert (root / "config" / "config.yaml").is_file()  # the demo config is there to leak
+    readme = (REPO / "README.md").read_text()
+    assert STANDINS in readme_commands("Trying the real-data path offline")
+    shell(root, STANDINS)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["voc12", "coco14"])
+def test_readme_dry_run_plans_exactly_the_named_config(project, kind):
+    cmd = command(SECTIONS[kind], "snakemake")
+    assert cmd == f"snakemake --cores all --configfile config/{kind}.yaml"
+    # no data yet: a clear error naming the folder, before any job
+    proc = shell(project, cmd + " -n", check=False)
+    assert proc.returncode != 0 and "does not exist" in proc.stdout + proc.stderr
+    assert not (project / "results" / kind).exists()
+    # the downloads where the README puts them (here: the stand-ins, linked)
+    data = project / "data"
+    for name in (["VOCdevkit", "benchmark_RELEASE"] if kind == "voc12" else ["COCO2014"]):
+        (data / name).symlink_to(data / "standins" / name)
+    try:
+        jobs = dry_run_jobs(project, cmd)
+        cfg = yaml.safe_load((project / "config" / f"{kind}.yaml").read_text())
+        rules = {r for r, _ in jobs}
+        variants = set()
+        for _, out in jobs:
+            m = re.match(rf"(?:results|reports)/{kind}/([^/.]+)", out)
+            if m and m.group(1) not in ("data", "comparison"):
+                variants.add(m.group(1))
+        assert variants == set(cfg["variants"]), variants
+        assert not variants & set(DEMO["variants"]) - set(cfg["variants"])
+        assert "train_clip" not in rules and "score_prompts" not in rules  # demo-only stages
+        assert f"convert_{kind}" in rules  # from the official layout
+        n = {r: sum(1 for rr, _ in jobs if rr == r) for r in rules}
+        cam_owners = owners(cfg, ("dataset", "model", "text", "cam"))
+        crf_owners = owners(cfg, ("dataset", "model", "text", "cam", "crf"))
+        seg = {v for v in owners(cfg, ("dataset", "model", "text", "cam", "crf", "segmentation"))
+               if deep_merge(cfg, cfg["variants"][v]).get("segmentation", {}).get("enabled", True)}
+        assert n["cams"] == cfg["cam"]["shards"] * len(cam_owners), n
+        assert n["crf"] == cfg["crf"]["shards"] * len(crf_owners), n
+        assert n.get("train_segmentation", 0) == len(seg), n
+        assert n["report"] == len(cfg["variants"]) and n["prepare_dataset"] == 1, n
+        assert not any(o.startswith("results/demo") for _, o in jobs)
+    finally:
+        for name in ("VOCdevkit", "benchmark_RELEASE", "COCO2014"):
+            if (data / name).is_symlink():
+                (data / name).unlink()
+
+
+@pytest.mark.parametrize("kind", ["voc12", "coco14"])
+def test_readme_run_on_the_standins(project, golden, kind):
+    """The offline section's command (CLIP weights by path, as the README says), through
+    every stage; then a rerun has nothing to do."""
+    cmd = command("Trying the real-data path offline", f"snakemake --cores all --configfile config/{kind}.yaml")
+    weights = f" --config 'model={{checkpoint: {golden / 'clip_tiny.pt'}}}'"
+    shell(project, cmd + weights, timeout=1500)
+    name = f"{kind}_standins"
+    results, reports = project / "results" / name, project / "reports" / name
+    cfg = deep_merge(yaml.safe_load((project / "config" / f"{kind}.yaml").read_text()),
+                     yaml.safe_load((project / "config" / "standins" / f"{kind}.yaml").read_text()))
+    ds = json.loads((results / "data" / "dataset.json").read_text())
+    conv = ds["conversion"]
+    if kind == "voc12":
+        assert conv["mask_source"] == "SBD" and conv["train_aug"] == ds["splits"]["train"]["n_images"]
+        assert ds["splits"]["train"]["file"].endswith("train_aug.txt")
+    else:
+        empty = conv["splits"]["train"]["no_annotation"]
+        assert len(empty) == 1 and ds["splits"]["train"]["n_images"] == conv["splits"]["train"]["with_labels"]
+    n_train = ds["splits"]["train"]["n_images"]
+    assert n_train > 0 and ds["splits"]["val"]["n_with_gt"] == ds["splits"]["val"]["n_images"] > 0
+    for v in cfg["variants"]:
+        assert (reports / f"{v}.html").is_file() and (reports / f"{v}.md").is_file()
+    assert (reports / "comparison.html").is_file()
+    assert {p.name for p in results.iterdir()} == {"data", "logs", "benchmarks", *cfg["variants"]}
+    base = results / "base"
+    cams = [p for s in base.glob("cams/shard*") for p in s.glob("*.npz")]
+    masks = [p for s in base.glob("pseudo_masks/shard*") for p in s.glob("*.png")]
+    assert len(cams) == len(masks) == n_train
+    for ev in ("cams", "cams_plain", "pseudo_masks", "crf_labels", "segmentation_val"):
+        assert (base / "eval" / f"{ev}.json").is_file(), ev
+    assert (base / "segmentation" / "model.pt").is_file()
+    assert not (base / "clip").exists() and not (base / "prompts").exists()
+    assert not (project / "results" / "demo").exists()
+    assert (results / "benchmarks" / f"convert_{kind}.tsv").is_file()
+    assert "Nothing to be done" in shell(project, cmd + weights + " -n").stdout
