@@ -76,14 +76,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", type=Path,
                    help="OpenAI-format CLIP checkpoint (state dict or TorchScript); overrides --model")
     g.add_argument("--model", default="ViT-B-16", help="open_clip model name (default ViT-B-16)")
-    g.add_argument("--pretrained", default="openai", help="open_clip pretrained tag (default openai)")
+    g.add_argument("--pretrained", default="openai",
+                   help="open_clip pretrained tag (default openai); 'none': random weights")
+    g.add_argument("--model-seed", type=int, default=0,
+                   help="seed of the random weights with --pretrained none (default 0)")
     g.add_argument("--cache-dir", help="where open_clip keeps downloaded weights")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
 
 
 def resolve_device(name: str) -> str:
+    """cpu / cuda / cuda:N; 'auto' and 'cuda' first take a free GPU slot of the machine
+    (:mod:`clipes.gpuslots`), so parallel jobs on one node each get their own device."""
     import torch
 
+    if name in ("auto", "cuda"):
+        from . import gpuslots
+
+        gpuslots.acquire()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -95,7 +104,8 @@ def load_model(args):
     from .model import load_clip
 
     return load_clip(args.model, args.pretrained, args.checkpoint,
-                     device=resolve_device(args.device), cache_dir=args.cache_dir)
+                     device=resolve_device(args.device), cache_dir=args.cache_dir,
+                     seed=args.model_seed)
 
 
 def write_skips(path: Path | None, skipped: list[dict]) -> None:

@@ -217,7 +217,9 @@ def convert_voc12(voc: Path, out: Path, sbd: Path | None = None,
     summary["train_aug"] = len(train_aug)
     # every image needs its JPEG and an XML with objects (the labels)
     needed = list(dict.fromkeys(train_aug + voc_train + voc_val))
-    for iid in needed:
+    for k, iid in enumerate(needed):
+        if k % 500 == 499:
+            io.release_memory()
         if not (voc / "JPEGImages" / f"{iid}.jpg").is_file():
             raise DatasetError(f"image not found: {voc / 'JPEGImages' / (iid + '.jpg')} "
                                f"(listed by the SBD/VOC splits); re-extract {VOC_TAR}")
@@ -245,11 +247,30 @@ def convert_voc12(voc: Path, out: Path, sbd: Path | None = None,
     return summary
 
 
+_CALLS = [0]  # jobs run by this process (each worker process has its own)
+
+
+class _Trimmed:
+    """A job function that returns freed memory to the system every `every` jobs run in
+    its process, so a long conversion keeps a flat resident size
+    (:func:`clipes.io.release_memory`)."""
+
+    def __init__(self, fn, every: int = 100):
+        self.fn, self.every = fn, every
+
+    def __call__(self, job):
+        _CALLS[0] += 1
+        if _CALLS[0] % self.every == 0:
+            io.release_memory()
+        return self.fn(job)
+
+
 def _run_jobs(fn, jobs: list, workers: int) -> None:
     """Run ``fn`` over jobs (in worker processes when workers > 1); first error raised."""
+    fn = _Trimmed(fn)
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            errors = [e for e in pool.map(fn, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+            errors = [e for e in pool.map(fn, jobs, chunksize=min(64, max(1, len(jobs) // (8 * workers))))
                       if e]
     else:
         errors = [e for e in map(fn, jobs) if e]

@@ -41,6 +41,30 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
         raise
 
 
+_LIBC = None
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim; a no-op elsewhere).
+
+    Loops that decode and write thousands of images otherwise grow their resident size
+    by about 0.2 MB per image: glibc keeps freed native buffers (PNG/zlib, numpy) in the
+    heap instead of returning them, though nothing holds them.
+    """
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 (glibc only)
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -61,12 +61,14 @@ def load_clip(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     cache_dir: str | None = None,
+    seed: int = 0,
 ) -> Clip:
     """Load a frozen fp32 CLIP.
 
     With ``checkpoint`` (a path), the OpenAI-format file is loaded and ``model`` /
     ``pretrained`` are ignored. Otherwise ``model`` is an open_clip architecture name and
-    ``pretrained`` a tag (``None``: random initialisation, for tests and benchmarks).
+    ``pretrained`` a tag (``None`` or ``"none"``: random initialisation from ``seed``, for
+    tests and benchmarks). A tower CLIP-ES cannot run on is refused here, in one line.
     Weights are fetched into open_clip's own cache (``cache_dir`` overrides it).
     """
     import open_clip
@@ -86,18 +88,26 @@ def load_clip(
             raise ClipLoadError(
                 f"could not load {path} as an OpenAI-format CLIP checkpoint (state dict or "
                 f"TorchScript archive): {e}") from e
+        check_supported(net, path)
         # the tokenizer is the same BPE for every OpenAI-format CLIP; it ships with open_clip
         tokenizer = open_clip.get_tokenizer("ViT-B-16")
         ctx = net.context_length
         return Clip(_freeze(net), lambda texts: tokenizer(texts, context_length=ctx), path)
 
+    random_init = pretrained is None or str(pretrained).lower() in RANDOM_TAGS
     kwargs = {}
     if pretrained == "openai" and not model.endswith("-quickgelu"):
         kwargs["force_quick_gelu"] = True  # OpenAI weights were trained with QuickGELU
+    if random_init:
+        kwargs["force_quick_gelu"] = True
+        torch.manual_seed(seed)  # the same random weights in every process
     try:
         net = open_clip.create_model(
-            model, pretrained=pretrained or None, precision="fp32", device=device,
-            cache_dir=cache_dir, **kwargs)
+            model, pretrained=None if random_init else pretrained, precision="fp32",
+            device=device, cache_dir=cache_dir, **kwargs)
+        tokenizer = open_clip.get_tokenizer(model)
+    except ImportError as e:  # timm trunks, Hugging Face tokenizers
+        raise ClipLoadError(_missing_package(model, e)) from e
     except RuntimeError as e:
         if "Unknown model" in str(e) or "not found" in str(e):
             raise ClipLoadError(
@@ -105,9 +115,47 @@ def load_clip(
                 f"open_clip.list_pretrained() for the valid pairs") from e
         raise ClipLoadError(_hub_hint(model, pretrained, e)) from e
     except Exception as e:  # network errors surface as many types (OSError, HTTPError, ...)
+        if isinstance(getattr(e, "__cause__", None), ImportError):
+            raise ClipLoadError(_missing_package(model, e.__cause__)) from e
         raise ClipLoadError(_hub_hint(model, pretrained, e)) from e
-    tokenizer = open_clip.get_tokenizer(model)
-    return Clip(_freeze(net), tokenizer, f"{model}:{pretrained}")
+    check_supported(net, model)
+    name = f"{model}:random(seed {seed})" if random_init else f"{model}:{pretrained}"
+    return Clip(_freeze(net), tokenizer, name)
+
+
+RANDOM_TAGS = ("", "none", "null", "random")
+SUPPORTED = ("open_clip ViTs with a conv1 patch embedding, a class token and plain "
+             "attention blocks, e.g. ViT-B-16 (the paper's), ViT-B-32, ViT-L-14, "
+             "ViT-L-14-336, ViT-H-14, ViT-B-16-plus-240")
+
+
+def check_supported(net, model: str) -> None:
+    """Refuse, at load time and in one line, a tower CLIP-ES cannot run on."""
+    v = getattr(net, "visual", None)
+    why = None
+    if v is None:
+        why = "it has no vision tower"
+    elif getattr(v, "trunk", None) is not None:
+        why = f"its vision tower is a timm trunk ({type(v.trunk).__name__})"
+    elif not isinstance(getattr(v, "conv1", None), torch.nn.Conv2d) or not hasattr(v, "transformer"):
+        why = f"its vision tower is a {type(v).__name__}, not a ViT"
+    elif getattr(v, "class_embedding", None) is None:
+        why = "its ViT has no class token"
+    elif getattr(v, "attn_pool", None) is not None:
+        why = "its ViT pools with an attention pooler (CoCa-style)"
+    elif getattr(v, "proj", None) is None:
+        why = "its ViT has no output projection"
+    elif not all(isinstance(getattr(b, "attn", None), torch.nn.MultiheadAttention)
+                 for b in v.transformer.resblocks):
+        why = "its blocks do not use standard multi-head attention"
+    if why:
+        raise ClipLoadError(f"model {model!r} is not supported: {why}. CLIP-ES runs on {SUPPORTED}.")
+
+
+def _missing_package(model: str, err: ImportError) -> str:
+    pkg = getattr(err, "name", None) or str(err)
+    return (f"model {model!r} needs the optional package {pkg!r}, which is not installed: "
+            f"pip install {pkg} (or choose a model without it, e.g. ViT-B-16)")
 
 
 def _hub_hint(model, pretrained, err) -> str:

@@ -8,7 +8,8 @@
 - :func:`train`: SGD with momentum, poly schedule, head learning rate x10, random scale,
   crop and flip; checkpoints every N iterations and exact resume. Each iteration's batch
   and augmentation are drawn from an RNG seeded by (seed, iteration), so a resumed run
-  sees the same data as an uninterrupted one and ends at the same weights.
+  sees the same data as an uninterrupted one and ends at the same weights. Images and
+  masks are decoded from disk by DataLoader workers as batches are needed (:class:`TrainData`).
 - :func:`predict`: multi-scale + flip inference, optional CRF.
 """
 
@@ -223,30 +224,73 @@ def augment(rng: np.random.Generator, rgb, label, conf, crop: int, scale_range):
 
 
 class TrainData:
-    """Decoded images and masks in memory (uint8), batches drawn per iteration."""
+    """Training batches read from disk as they are needed: nothing is held in memory but
+    the file list, so memory does not grow with the dataset.
+
+    ``batch(seed, iteration, ...)`` is a pure function of its arguments: the images and
+    their augmentation come from an RNG seeded by (seed, iteration), so batches can be made
+    in any order, by any worker process, and a resumed run sees the same data as an
+    uninterrupted one. Sizes are checked up front from the file headers.
+    """
 
     def __init__(self, items: list[TrainItem]):
         if not items:
             raise ValueError("no training images (all pseudo masks missing?)")
-        self.rgb = [load_rgb(it.image) for it in items]
-        self.label = [_load_u8(it.label) for it in items]
-        self.conf = [_load_u8(it.conf) if it.conf else np.full(lb.shape, 255, np.uint8)
-                     for it, lb in zip(items, self.label)]
-        for it, r, lb in zip(items, self.rgb, self.label):
-            if r.shape[:2] != lb.shape:
-                raise ValueError(f"{it.label} is {lb.shape[1]}x{lb.shape[0]} but {it.image} is "
-                                 f"{r.shape[1]}x{r.shape[0]}")
+        self.items = list(items)
+        for it in self.items:
+            with Image.open(it.image) as im, Image.open(it.label) as lb:
+                if im.size != lb.size:
+                    raise ValueError(f"{it.label} is {lb.size[0]}x{lb.size[1]} but {it.image} is "
+                                     f"{im.size[0]}x{im.size[1]}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample(self, i: int):
+        """(rgb (H, W, 3), label (H, W), conf (H, W)) uint8 of item i, decoded now."""
+        it = self.items[i]
+        label = _load_u8(it.label)
+        conf = _load_u8(it.conf) if it.conf else np.full(label.shape, 255, np.uint8)
+        return load_rgb(it.image), label, conf
 
     def batch(self, seed: int, iteration: int, batch_size: int, crop: int, scale_range):
         rng = np.random.default_rng([seed, iteration])
-        idx = rng.integers(0, len(self.rgb), batch_size)
+        idx = rng.integers(0, len(self.items), batch_size)
         xs, ys, ws = [], [], []
         for i in idx:
-            r, lb, c = augment(rng, self.rgb[i], self.label[i], self.conf[i], crop, scale_range)
+            r, lb, c = augment(rng, *self.sample(int(i)), crop, scale_range)
             xs.append(normalise(r))
             ys.append(torch.from_numpy(lb.astype(np.int64)))
             ws.append(torch.from_numpy(c.astype(np.float32) / 255))
         return torch.stack(xs), torch.stack(ys), torch.stack(ws)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Iteration i -> its batch (for a DataLoader that decodes in worker processes)."""
+
+    def __init__(self, data: TrainData, cfg, start: int):
+        self.data, self.cfg, self.start = data, cfg, start
+
+    def __len__(self):
+        return self.cfg.iterations - self.start
+
+    def __getitem__(self, k):
+        c = self.cfg
+        return self.data.batch(c.seed, self.start + k, c.batch_size, c.crop, c.scale_range)
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+def batch_stream(data: TrainData, cfg, start: int):
+    """Batches of iterations start..cfg.iterations-1 in order, decoded by cfg.workers
+    processes (0: in this process)."""
+    loader = torch.utils.data.DataLoader(
+        _Batches(data, cfg, start), batch_size=None, shuffle=False, num_workers=cfg.workers,
+        worker_init_fn=_worker_init if cfg.workers else None,
+        prefetch_factor=4 if cfg.workers else None, persistent_workers=False)
+    return iter(loader)
 
 
 # --------------------------------------------------------------------------- training
@@ -268,6 +312,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  # mixed precision on CUDA
+    workers: int = 2  # data loader processes (0: decode in the training process)
 
 
 def poly_lr(base: float, it: int, total: int, power: float) -> float:
@@ -311,13 +356,14 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
     rows = _read_log(log_path, start)
     t0 = time.time()
     done_here = 0
+    batches = batch_stream(data, cfg, start)
     for it in range(start, cfg.iterations):
         model.train()
         if pretrained_bn:
             freeze_bn(model)
         for g in opt.param_groups:
             g["lr"] = poly_lr(g["base_lr"], it, cfg.iterations, cfg.poly_power)
-        x, y, w = data.batch(cfg.seed, it, cfg.batch_size, cfg.crop, cfg.scale_range)
+        x, y, w = next(batches)
         x, y, w = x.to(device), y.to(device), w.to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             logits = model(x)

@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="data loader processes decoding images and masks (0: none)")
     return p.parse_args(argv)
 
 
@@ -59,7 +61,8 @@ def main(argv=None):
         iterations=args.iterations, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, poly_power=args.poly_power,
         scale_range=tuple(args.scale_range), checkpoint_every=args.checkpoint_every,
-        seed=args.seed, device=cli.resolve_device(args.device), amp=not args.no_amp)
+        seed=args.seed, device=cli.resolve_device(args.device), amp=not args.no_amp,
+        workers=args.workers)
     segmentation.train(cfg, segmentation.TrainData(items), args.out)
     segmentation.plot_log(args.out / "train_log.csv", args.out / "train_log.png")
 

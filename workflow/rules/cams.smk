@@ -13,19 +13,19 @@ rule cams:
         log_path("cams", shard=True),
     benchmark:
         bench_path("cams", shard=True)
+    conda:
+        "../envs/clipes.yaml"
+    threads: 2
+    resources:
+        gpu=lambda w: wants_gpu(cam_device(w.variant)),
+        mem_mb=res("cams", "mem_mb"),
+        runtime=res("cams", "runtime"),
     params:
         script=script("cams"),
         data=dataset_args("train"),
         model=lambda w: model_args(w.variant),
         method=lambda w: cam_args(w.variant),
         n=lambda w: vcfg(w.variant)["cam"]["shards"],
-    threads: 2
-    resources:
-        gpu=lambda w: wants_gpu(cam_device(w.variant)),
-        mem_mb=res("cams", "mem_mb"),
-        runtime=res("cams", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
     shell:
         "{params.script} {params.data} {params.model} {params.method} "
         "--shard {wildcards.shard}/{params.n} --out {output} "
@@ -38,21 +38,33 @@ rule eval_cams:
         dataset=f"{DATA}/dataset.json",
         cams=lambda w: cam_shards(w.variant),
     output:
-        refined="results/{dataset}/{variant}/eval/cams.json",
-        plain="results/{dataset}/{variant}/eval/cams_plain.json",
+        refined=report(
+            "results/{dataset}/{variant}/eval/cams.json",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+            subcategory="CAM + CAA",
+            labels={"variant": "{variant}", "stage": "CAM + CAA"},
+        ),
+        plain=report(
+            "results/{dataset}/{variant}/eval/cams_plain.json",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+            subcategory="initial CAM",
+            labels={"variant": "{variant}", "stage": "initial CAM"},
+        ),
     log:
         log_path("eval_cams"),
     benchmark:
         bench_path("eval_cams")
+    conda:
+        "../envs/clipes.yaml"
+    resources:
+        mem_mb=res("eval_cams", "mem_mb"),
+        runtime=res("eval_cams", "runtime"),
     params:
         script=script("evaluate"),
         data=dataset_args("train"),
         powers=lambda w: " ".join(map(str, vcfg(w.variant)["cam"]["bg_powers"])),
-    resources:
-        mem_mb=res("eval_cams", "mem_mb"),
-        runtime=res("eval_cams", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
     shell:
         "({params.script} {params.data} --cams {input.cams} --powers {params.powers} "
         "--out {output.refined} && "

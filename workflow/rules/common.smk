@@ -25,23 +25,38 @@ STAGE_SECTIONS = {
 }
 
 
-# Cluster requests per rule: memory (MB) and runtime (minutes, SLURM's -t). Sized for VOC12
-# train_aug with ResNet-101 on one GPU; config 'resources' overrides them rule by rule, a
-# profile's set-resources overrides both.
+# Cluster requests per rule: memory (MB) and runtime (minutes, SLURM's -t), sized for VOC12
+# (train_aug, 10,582 images; 8 CAM shards, 32 CRF shards) with ResNet-101 on one GPU.
+# Config 'resources' overrides them rule by rule (config/coco14.yaml does), a profile's
+# set-resources overrides both. Basis (scripts/benchmark_memory.py, README "Scale"): every
+# stage's peak memory is flat in the image count (40 vs 160 VOC-sized images: 0.5-0.9 GB,
+# training 1.4 GB with the tiny network); per image on one CPU core, CRF 0.44 s, CAM
+# evaluation 0.09 s (two maps), pseudo-mask evaluation 0.02 s; ViT-B/16 CAMs 1.1 s on a
+# CPU core pair and 0.02 s on an H200 (fp32), peaking at 1.7 GB on the CPU; ResNet-101
+# training peaks at 9.9 GB on a CPU (batch 10, crop 321), 4.3 GB of GPU memory with AMP.
 RESOURCES = {
-    "convert_voc12": {"mem_mb": 4000, "runtime": 60},
-    "convert_coco14": {"mem_mb": 16000, "runtime": 240},
+    "convert_voc12": {
+        "mem_mb": 2000,
+        "runtime": 30,
+    },  # 0.5 GB flat; ~1 min for 12k masks
+    "convert_coco14": {
+        "mem_mb": 16000,
+        "runtime": 120,
+    },  # the instances JSON as Python objects
     "prepare_dataset": {"mem_mb": 2000, "runtime": 30},
     "train_clip": {"mem_mb": 4000, "runtime": 60},
     "score_prompts": {"mem_mb": 8000, "runtime": 120},
-    "cams": {"mem_mb": 16000, "runtime": 240},
-    "eval_cams": {"mem_mb": 4000, "runtime": 60},
-    "crf": {"mem_mb": 4000, "runtime": 120},
-    "eval_pseudo_masks": {"mem_mb": 4000, "runtime": 60},
-    "eval_crf_labels": {"mem_mb": 4000, "runtime": 60},
-    "train_segmentation": {"mem_mb": 32000, "runtime": 720},
+    "cams": {
+        "mem_mb": 8000,
+        "runtime": 120,
+    },  # 1,323 images a shard: 25 min even on a CPU
+    "eval_cams": {"mem_mb": 2000, "runtime": 60},  # 10,582 x 0.09 s = 16 min
+    "crf": {"mem_mb": 2000, "runtime": 30},  # 331 images a shard x 0.44 s = 2.5 min
+    "eval_pseudo_masks": {"mem_mb": 2000, "runtime": 30},
+    "eval_crf_labels": {"mem_mb": 2000, "runtime": 30},
+    "train_segmentation": {"mem_mb": 16000, "runtime": 720},  # data streamed from disk
     "predict_segmentation": {"mem_mb": 8000, "runtime": 120},
-    "eval_segmentation": {"mem_mb": 4000, "runtime": 60},
+    "eval_segmentation": {"mem_mb": 2000, "runtime": 30},
     "report": {"mem_mb": 4000, "runtime": 30},
     "comparison_report": {"mem_mb": 2000, "runtime": 10},
 }
@@ -68,12 +83,17 @@ def load_variants(cfg):
     validate(cfg, SCHEMA)  # fills defaults, names the bad key on error
     variants = {}
     for name, overrides in cfg["variants"].items():
-        fixed = [k for k in ("dataset", "report", "resources", "variants") if k in overrides]
+        fixed = [
+            k for k in ("dataset", "report", "resources", "variants") if k in overrides
+        ]
         if fixed:
             raise WorkflowError(
                 f"variant {name!r}: overrides may not change {fixed[0]!r} ('dataset', "
-                f"'report', 'resources' and 'variants' hold for every variant of a config)")
-        merged = deep_merge({k: v for k, v in raw.items() if k != "variants"}, overrides)
+                f"'report', 'resources' and 'variants' hold for every variant of a config)"
+            )
+        merged = deep_merge(
+            {k: v for k, v in raw.items() if k != "variants"}, overrides
+        )
         try:
             validate(merged, SCHEMA)
         except WorkflowError as e:
@@ -81,7 +101,8 @@ def load_variants(cfg):
         if merged["cam"]["autocast"] and merged["cam"]["mode"] == "reference":
             raise WorkflowError(
                 f"variant {name!r}: cam.autocast applies to cam.mode 'batched'; 'reference' "
-                f"reproduces the authors' fp32 computation")
+                f"reproduces the authors' fp32 computation"
+            )
         merged["variants"] = {}
         variants[name] = merged
     return variants
@@ -100,13 +121,18 @@ def vcfg(variant):
 
 def result_config(variant):
     """The config a variant's results depend on: without cluster requests or variants."""
-    return {k: v for k, v in vcfg(variant).items() if k not in ("resources", "variants")}
+    return {
+        k: v for k, v in vcfg(variant).items() if k not in ("resources", "variants")
+    }
 
 
 def owner(variant, stage):
     """The first variant whose config agrees with `variant` on everything `stage` uses."""
+
     def key(v):
-        return json.dumps({s: VARIANTS[v][s] for s in STAGE_SECTIONS[stage]}, sort_keys=True)
+        return json.dumps(
+            {s: VARIANTS[v][s] for s in STAGE_SECTIONS[stage]}, sort_keys=True
+        )
 
     mine = key(variant)
     return next(v for v in VARIANTS if key(v) == mine)
@@ -141,9 +167,13 @@ def check_dataset_root():
     if not ds["root"]:
         raise WorkflowError(f"dataset.root is not set: {HINTS[kind]}")
     if not Path(ds["root"]).is_dir():
-        raise WorkflowError(f"dataset.root {ds['root']!r} does not exist: {HINTS[kind]}")
+        raise WorkflowError(
+            f"dataset.root {ds['root']!r} does not exist: {HINTS[kind]}"
+        )
     if kind == "custom" and not ds["labels"]:
-        raise WorkflowError("dataset.labels is not set: custom datasets need a CSV of image labels")
+        raise WorkflowError(
+            "dataset.labels is not set: custom datasets need a CSV of image labels"
+        )
     if kind == "voc12" and dataset_layout() == "official":
         found = [ds[k] for k in ("aug_masks", "sbd") if ds[k] and Path(ds[k]).is_dir()]
         if not found:
@@ -151,7 +181,8 @@ def check_dataset_root():
                 f"dataset.root {ds['root']!r} has no SegmentationClassAug/, so it is read as "
                 f"the official VOC2012 folder, and the SBD masks are missing: dataset.sbd "
                 f"{ds['sbd']!r} and dataset.aug_masks {ds['aug_masks']!r} do not exist. "
-                f"{HINTS['voc12']}")
+                f"{HINTS['voc12']}"
+            )
 
 
 check_dataset_root()
@@ -161,20 +192,29 @@ if config["dataset"]["kind"] in CONVERTED_MARKER:
     logger.info(
         f"dataset {DATASET}: {config['dataset']['kind']} in the {LAYOUT} layout at "
         f"{config['dataset']['root']}"
-        + (f" (converted into {CONVERTED} by convert_{config['dataset']['kind']})"
-           if LAYOUT == "official" else ""))
+        + (
+            f" (converted into {CONVERTED} by convert_{config['dataset']['kind']})"
+            if LAYOUT == "official"
+            else ""
+        )
+    )
 
 
 def hint_pulled_results():
     """Results pulled with DVC into a clone without Snakemake records look out of date
-    (pulled files carry the pull's times): say how to re-stamp them (README, Sharing)."""
-    if (Path(f"results/{DATASET}.dvc").is_file() and Path(f"results/{DATASET}").is_dir()
-            and not Path(".snakemake/metadata").is_dir()):
+    (pulled files carry the pull's times): say how to re-stamp them (README, Sharing).
+    """
+    if (
+        Path(f"results/{DATASET}.dvc").is_file()
+        and Path(f"results/{DATASET}").is_dir()
+        and not Path(".snakemake/metadata").is_dir()
+    ):
         logger.warning(
             f"results/{DATASET} came with DVC and Snakemake has no records of it here: "
             f"right after 'dvc pull', run 'snakemake --touch --cores 1' with this config "
             f"once, or the jobs below are rerun for the pull's file times alone "
-            f"(README, 'Sharing data and results').")
+            f"(README, 'Sharing data and results')."
+        )
 
 
 hint_pulled_results()
@@ -216,11 +256,17 @@ def dataset_args(which="train"):
         args.append(f"--split {split}")
     if kind == "synthetic":
         root = dataset_root()
-        args += [f"--classes {root}/classes.yaml", f"--labels {root}/labels.csv",
-                 f"--background {root}/background.txt"]
+        args += [
+            f"--classes {root}/classes.yaml",
+            f"--labels {root}/labels.csv",
+            f"--background {root}/background.txt",
+        ]
     elif kind == "custom":
-        args += [f"--classes {DATA}/classes.yaml", f"--labels {ds['labels']}",
-                 f"--background {DATA}/background.txt"]
+        args += [
+            f"--classes {DATA}/classes.yaml",
+            f"--labels {ds['labels']}",
+            f"--background {DATA}/background.txt",
+        ]
     if not ds["reference_quirks"]:
         args.append("--no-reference-quirks")
     return " ".join(args)
@@ -229,10 +275,12 @@ def dataset_args(which="train"):
 def model_args(variant):
     m = vcfg(variant)["model"]
     if m["pretrain"]["enabled"]:
-        return f"--checkpoint results/{DATASET}/{owner(variant, 'pretrain')}/clip/clip.pt"
+        return (
+            f"--checkpoint results/{DATASET}/{owner(variant, 'pretrain')}/clip/clip.pt"
+        )
     if m["checkpoint"]:
         return f"--checkpoint {m['checkpoint']}"
-    args = f"--model {m['name']} --pretrained {m['pretrained'] or 'none'}"
+    args = f"--model {m['name']} --pretrained {m['pretrained'] or 'none'} --model-seed {m['seed']}"
     return args + (f" --cache-dir {m['cache_dir']}" if m["cache_dir"] else "")
 
 
@@ -259,14 +307,23 @@ def stage_dir(variant, stage):
 
 def cam_shards(variant):
     v = owner(variant, "cams")
-    return expand("results/{d}/{v}/cams/shard{s}", d=DATASET, v=v,
-                  s=range(vcfg(v)["cam"]["shards"]))
+    return expand(
+        "results/{d}/{v}/cams/shard{s}",
+        d=DATASET,
+        v=v,
+        s=range(vcfg(v)["cam"]["shards"]),
+    )
 
 
 def crf_shards(variant, what="pseudo_masks"):
     v = owner(variant, "crf")
-    return expand("results/{d}/{v}/{what}/shard{s}", d=DATASET, v=v, what=what,
-                  s=range(vcfg(v)["crf"]["shards"]))
+    return expand(
+        "results/{d}/{v}/{what}/shard{s}",
+        d=DATASET,
+        v=v,
+        what=what,
+        s=range(vcfg(v)["crf"]["shards"]),
+    )
 
 
 def has_val():
@@ -289,8 +346,12 @@ def variant_outputs(variant):
     if c["crf"]["enabled"]:
         out["eval_crf_labels"] = f"{stage_dir(variant, 'crf')}/eval/crf_labels.json"
     if c["segmentation"]["enabled"] and has_val():
-        out["eval_seg"] = f"{stage_dir(variant, 'segmentation')}/eval/segmentation_val.json"
-        out["train_log"] = f"{stage_dir(variant, 'segmentation')}/segmentation/train_log.csv"
+        out["eval_seg"] = (
+            f"{stage_dir(variant, 'segmentation')}/eval/segmentation_val.json"
+        )
+        out["train_log"] = (
+            f"{stage_dir(variant, 'segmentation')}/segmentation/train_log.csv"
+        )
     if c["text"]["select_prompt"]["enabled"]:
         out["prompts"] = f"{stage_dir(variant, 'prompts')}/prompts/scores.tsv"
     return {k: v for k, v in out.items() if v}
@@ -300,12 +361,18 @@ def all_targets():
     targets = []
     for v in VARIANTS:
         targets += [f"reports/{DATASET}/{v}.html", f"reports/{DATASET}/{v}.md"]
-    targets += [f"reports/{DATASET}/comparison.html", f"reports/{DATASET}/comparison.md"]
+    targets += [
+        f"reports/{DATASET}/comparison.html",
+        f"reports/{DATASET}/comparison.md",
+    ]
     return targets
 
 
-SCRIPTS = Path(workflow.basedir) / "scripts"
-PKG = Path(workflow.basedir) / "clipes"
+# The repository this file belongs to (not the outer workflow's folder when this workflow
+# is used as a module of another one).
+REPO = Path(str(workflow.current_basedir)).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+PKG = REPO / "clipes"
 
 # The code each stage runs: its script and the package modules it uses. They are inputs
 # of the rule, so editing the code of a stage reruns that stage (and what follows).
@@ -314,26 +381,41 @@ STAGE_CODE = {
     "convert_coco14": ["convert", "datasets", "cli", "io"],
     "prepare_dataset": ["datasets", "synthetic", "text", "cli", "io"],
     "train_clip": ["pretrain", "synthetic", "cam", "io"],
-    "score_prompts": ["text", "model", "datasets", "cli", "cam"],
-    "cams": ["cam", "fastgrad", "affinity", "model", "text", "datasets", "cli", "io"],
+    "score_prompts": ["text", "model", "datasets", "cli", "cam", "gpuslots"],
+    "cams": [
+        "cam",
+        "fastgrad",
+        "affinity",
+        "model",
+        "text",
+        "datasets",
+        "cli",
+        "io",
+        "gpuslots",
+    ],
     "evaluate": ["metrics", "crf", "datasets", "io", "cli"],
     "crf": ["crf", "datasets", "io", "metrics", "cli"],
-    "train_seg": ["segmentation", "datasets", "metrics", "io", "cli"],
-    "predict_seg": ["segmentation", "crf", "datasets", "io", "cli"],
+    "train_seg": ["segmentation", "datasets", "metrics", "io", "cli", "gpuslots"],
+    "predict_seg": ["segmentation", "crf", "datasets", "io", "cli", "gpuslots"],
     "report": ["report", "metrics", "datasets", "io", "cli", "segmentation"],
 }
 
 
 def code(script):
-    files = [str(SCRIPTS / f"{script}.py")] + [str(PKG / f"{m}.py") for m in STAGE_CODE[script]]
+    files = [str(SCRIPTS / f"{script}.py")] + [
+        str(PKG / f"{m}.py") for m in STAGE_CODE[script]
+    ]
     if script == "report":
         files += sorted(str(t) for t in (PKG / "templates").glob("*.j2"))
     return files
-PY = f'"{sys.executable}"'
 
 
 def script(name):
-    return f"{PY} {SCRIPTS / name}.py"
+    """The command of a stage script: the `python` of the job's environment (the one first
+    on PATH: an activated virtual environment, the rule's conda environment, a container's),
+    not the Python that runs Snakemake. The script imports the package beside it, the same
+    files that are the rule's code inputs."""
+    return f"python {shlex.quote(str(SCRIPTS / name))}.py"
 
 
 def log_path(rule, shard=False):
@@ -346,8 +428,6 @@ def bench_path(rule, shard=False):
     return f"results/{{dataset}}/{{variant}}/benchmarks/{rule}{s}.tsv"
 
 
-
-
 # ---------------------------------------------------------------- dataset helpers
 def prepare_args():
     ds = config["dataset"]
@@ -355,7 +435,9 @@ def prepare_args():
     args = [f"--kind {kind}"]
     if kind == "synthetic":
         s = ds["synthetic"]
-        return " ".join(args + [f"--seed {s['seed']} --n-train {s['n_train']} --n-val {s['n_val']}"])
+        return " ".join(
+            args + [f"--seed {s['seed']} --n-train {s['n_train']} --n-val {s['n_val']}"]
+        )
     args.append(f"--root {shlex.quote(dataset_root())}")
     if LAYOUT == "official":
         args.append(f"--conversion {CONVERTED}/convert.json")
@@ -374,6 +456,7 @@ def prepare_args():
         args.append("--no-reference-quirks")
     return " ".join(args)
 
+
 def voc_convert_args():
     ds = config["dataset"]
     args = [f"--voc {shlex.quote(ds['root'])}"]
@@ -389,22 +472,34 @@ def candidate_args(variant):
     items = [c] if isinstance(c, str) else c
     return " ".join(shlex.quote(t) for t in items)
 
+
 # ---------------------------------------------------------------- cams helpers
 def cam_args(variant):
     c = vcfg(variant)["cam"]
     t = vcfg(variant)["text"]
-    args = [f"--mode {c['mode']}", f"--batch-size {c['batch_size']}", f"--device {c['device']}",
-            f"--synonym-fusion {t['synonym_fusion']}", "--keep-plain"]
+    args = [
+        f"--mode {c['mode']}",
+        f"--batch-size {c['batch_size']}",
+        f"--device {c['device']}",
+        f"--synonym-fusion {t['synonym_fusion']}",
+        "--keep-plain",
+    ]
     if t["select_prompt"]["enabled"] and t["select_prompt"]["use_selected"]:
-        args.append(f"--template-table {stage_dir(variant, 'prompts')}/prompts/scores.tsv")
+        args.append(
+            f"--template-table {stage_dir(variant, 'prompts')}/prompts/scores.tsv"
+        )
     else:
         args.append(f"--template {shlex.quote(t['template'])}")
     if c["autocast"]:
         args.append(f"--autocast {c['autocast']}")
     if c["box_threshold"] is not None:
         args.append(f"--box-threshold {c['box_threshold']}")
-    for key, flag in (("caa", "--no-caa"), ("background", "--no-background"),
-                      ("softmax", "--no-softmax"), ("clip_box_border", "--no-box-border-clip")):
+    for key, flag in (
+        ("caa", "--no-caa"),
+        ("background", "--no-background"),
+        ("softmax", "--no-softmax"),
+        ("clip_box_border", "--no-box-border-clip"),
+    ):
         if not c[key]:
             args.append(flag)
     return " ".join(args)
@@ -416,14 +511,20 @@ def prompt_table(variant):
         return [f"{stage_dir(variant, 'prompts')}/prompts/scores.tsv"]
     return []
 
+
 # ---------------------------------------------------------------- crf helpers
 def crf_args(variant):
     c = vcfg(variant)["crf"]
-    args = [f"--confidence {c['confidence']}", f"--bg-power {c['bg_power']}",
-            f"--iterations {c['iterations']}", f"--image-input {c['image_input']}"]
+    args = [
+        f"--confidence {c['confidence']}",
+        f"--bg-power {c['bg_power']}",
+        f"--iterations {c['iterations']}",
+        f"--image-input {c['image_input']}",
+    ]
     if not c["enabled"]:
         args.append("--no-crf")
     return " ".join(args)
+
 
 # ---------------------------------------------------------------- segmentation helpers
 def seg_cfg(variant):
@@ -443,20 +544,30 @@ def seg_conf_dirs(variant):
 
 def seg_train_args(variant):
     s = seg_cfg(variant)
-    args = [f"--backbone {s['backbone']}", f"--init {shlex.quote(str(s['init'] or 'none'))}",
-            f"--loss {s['loss']}", f"--iterations {s['iterations']}",
-            f"--batch-size {s['batch_size']}", f"--crop {s['crop']}", f"--lr {s['lr']}",
-            f"--momentum {s['momentum']}", f"--weight-decay {s['weight_decay']}",
-            f"--poly-power {s['poly_power']}",
-            f"--scale-range {s['scale_range'][0]} {s['scale_range'][1]}",
-            f"--checkpoint-every {s['checkpoint_every']}", f"--seed {s['seed']}",
-            f"--device {s['device']}"]
+    args = [
+        f"--backbone {s['backbone']}",
+        f"--init {shlex.quote(str(s['init'] or 'none'))}",
+        f"--loss {s['loss']}",
+        f"--iterations {s['iterations']}",
+        f"--batch-size {s['batch_size']}",
+        f"--crop {s['crop']}",
+        f"--lr {s['lr']}",
+        f"--momentum {s['momentum']}",
+        f"--weight-decay {s['weight_decay']}",
+        f"--poly-power {s['poly_power']}",
+        f"--scale-range {s['scale_range'][0]} {s['scale_range'][1]}",
+        f"--checkpoint-every {s['checkpoint_every']}",
+        f"--seed {s['seed']}",
+        f"--device {s['device']}",
+        f"--workers {s['workers']}",
+    ]
     return " ".join(args)
 
 
 def seg_init_input(variant):
     init = seg_cfg(variant)["init"]
     return [init] if init and init != "imagenet" else []
+
 
 # ---------------------------------------------------------------- report helpers
 def report_inputs(variant):
@@ -467,13 +578,18 @@ def report_inputs(variant):
     ins["pseudo"] = crf_shards(variant)
     if "eval_seg" in files:
         ins["pred"] = f"{stage_dir(variant, 'segmentation')}/segmentation/pred_val"
-        ins["train_plot"] = f"{stage_dir(variant, 'segmentation')}/segmentation/train_log.png"
+        ins["train_plot"] = (
+            f"{stage_dir(variant, 'segmentation')}/segmentation/train_log.png"
+        )
     return ins
 
 
 def report_args(variant, input):
-    evals = [f"cams_plain={input.cams_plain}", f"cams={input.eval_cams}",
-             f"pseudo_masks={input.eval_pseudo}"]
+    evals = [
+        f"cams_plain={input.cams_plain}",
+        f"cams={input.eval_cams}",
+        f"pseudo_masks={input.eval_pseudo}",
+    ]
     if "eval_crf_labels" in input.keys():
         evals.append(f"crf_labels={input.eval_crf_labels}")
     if "eval_seg" in input.keys():
@@ -486,14 +602,23 @@ def report_args(variant, input):
         "prompts": "score_prompts" if c["text"]["select_prompt"]["enabled"] else None,
         "cams": "cams,eval_cams",
         "crf": "crf,eval_pseudo_masks,eval_crf_labels",
-        "segmentation": "train_segmentation,predict_segmentation,eval_segmentation"
-        if "eval_seg" in input.keys() else None,
+        "segmentation": (
+            "train_segmentation,predict_segmentation,eval_segmentation"
+            if "eval_seg" in input.keys()
+            else None
+        ),
     }
-    bench = [f"{stage_dir(variant, s)}/benchmarks:{r}" for s, r in stage_rules.items() if r]
+    bench = [
+        f"{stage_dir(variant, s)}/benchmarks:{r}" for s, r in stage_rules.items() if r
+    ]
     bench.append(f"results/{DATASET}/benchmarks:prepare_dataset")
-    args = [f"--eval {' '.join(evals)}", f"--bench-dirs {' '.join(bench)}",
-            f"--cams {' '.join(input.cams)}", f"--pseudo {' '.join(input.pseudo)}",
-            f"--gallery {config['report']['gallery']}"]
+    args = [
+        f"--eval {' '.join(evals)}",
+        f"--bench-dirs {' '.join(bench)}",
+        f"--cams {' '.join(input.cams)}",
+        f"--pseudo {' '.join(input.pseudo)}",
+        f"--gallery {config['report']['gallery']}",
+    ]
     if "pred" in input.keys():
         args += [f"--pred {input.pred}", f"--train-log {input.train_plot}"]
     if "prompts" in input.keys():

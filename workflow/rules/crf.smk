@@ -14,17 +14,17 @@ rule crf:
         log_path("crf", shard=True),
     benchmark:
         bench_path("crf", shard=True)
+    conda:
+        "../envs/clipes.yaml"
+    threads: lambda w: vcfg(w.variant)["crf"]["threads"]
+    resources:
+        mem_mb=res("crf", "mem_mb"),
+        runtime=res("crf", "runtime"),
     params:
         script=script("crf"),
         data=dataset_args("train"),
         method=lambda w: crf_args(w.variant),
         n=lambda w: vcfg(w.variant)["crf"]["shards"],
-    threads: lambda w: vcfg(w.variant)["crf"]["threads"]
-    resources:
-        mem_mb=res("crf", "mem_mb"),
-        runtime=res("crf", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
     shell:
         "{params.script} {params.data} --cams {input.cams} {params.method} "
         "--shard {wildcards.shard}/{params.n} --jobs {threads} --out {output.masks} "
@@ -37,19 +37,25 @@ rule eval_pseudo_masks:
         dataset=f"{DATA}/dataset.json",
         masks=lambda w: crf_shards(w.variant),
     output:
-        "results/{dataset}/{variant}/eval/pseudo_masks.json",
+        report(
+            "results/{dataset}/{variant}/eval/pseudo_masks.json",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+            subcategory="pseudo masks",
+            labels={"variant": "{variant}", "stage": "pseudo masks"},
+        ),
     log:
         log_path("eval_pseudo_masks"),
     benchmark:
         bench_path("eval_pseudo_masks")
-    params:
-        script=script("evaluate"),
-        data=dataset_args("train"),
+    conda:
+        "../envs/clipes.yaml"
     resources:
         mem_mb=res("eval_pseudo_masks", "mem_mb"),
         runtime=res("eval_pseudo_masks", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
+    params:
+        script=script("evaluate"),
+        data=dataset_args("train"),
     shell:
         "{params.script} {params.data} --masks {input.masks} --out {output} > {log} 2>&1"
 
@@ -60,18 +66,24 @@ rule eval_crf_labels:
         dataset=f"{DATA}/dataset.json",
         labels=lambda w: crf_shards(w.variant, "crf_labels"),
     output:
-        "results/{dataset}/{variant}/eval/crf_labels.json",
+        report(
+            "results/{dataset}/{variant}/eval/crf_labels.json",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+            subcategory="CRF labels",
+            labels={"variant": "{variant}", "stage": "CRF labels"},
+        ),
     log:
         log_path("eval_crf_labels"),
     benchmark:
         bench_path("eval_crf_labels")
-    params:
-        script=script("evaluate"),
-        data=dataset_args("train"),
+    conda:
+        "../envs/clipes.yaml"
     resources:
         mem_mb=res("eval_crf_labels", "mem_mb"),
         runtime=res("eval_crf_labels", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
+    params:
+        script=script("evaluate"),
+        data=dataset_args("train"),
     shell:
         "{params.script} {params.data} --masks {input.labels} --out {output} > {log} 2>&1"

@@ -11,15 +11,15 @@ rule prepare_dataset:
         "results/{dataset}/logs/prepare_dataset.log",
     benchmark:
         "results/{dataset}/benchmarks/prepare_dataset.tsv"
+    conda:
+        "../envs/clipes.yaml"
+    resources:
+        mem_mb=res("prepare_dataset", "mem_mb"),
+        runtime=res("prepare_dataset", "runtime"),
     params:
         script=script("prepare_dataset"),
         args=prepare_args(),
         out=DATA,
-    resources:
-        mem_mb=res("prepare_dataset", "mem_mb"),
-        runtime=res("prepare_dataset", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
     shell:
         "{params.script} {params.args} --out {params.out} > {log} 2>&1"
 
@@ -37,16 +37,16 @@ if DATASET_KIND == "voc12" and LAYOUT == "official":
             f"results/{DATASET}/logs/convert_voc12.log",
         benchmark:
             f"results/{DATASET}/benchmarks/convert_voc12.tsv"
-        params:
-            script=script("convert_voc12"),
-            args=voc_convert_args(),
-            out=CONVERTED,
+        conda:
+            "../envs/clipes.yaml"
         threads: config["dataset"]["convert_workers"]
         resources:
             mem_mb=res("convert_voc12", "mem_mb"),
             runtime=res("convert_voc12", "runtime"),
-        conda:
-            "../envs/clipes.yaml"
+        params:
+            script=script("convert_voc12"),
+            args=voc_convert_args(),
+            out=CONVERTED,
         shell:
             "{params.script} {params.args} --out {params.out} --workers {threads} > {log} 2>&1"
 
@@ -62,17 +62,17 @@ if DATASET_KIND == "coco14" and LAYOUT == "official":
             f"results/{DATASET}/logs/convert_coco14.log",
         benchmark:
             f"results/{DATASET}/benchmarks/convert_coco14.tsv"
+        conda:
+            "../envs/clipes.yaml"
+        threads: config["dataset"]["convert_workers"]
+        resources:
+            mem_mb=res("convert_coco14", "mem_mb"),
+            runtime=res("convert_coco14", "runtime"),
         params:
             script=script("convert_coco14"),
             root=lambda w: shlex.quote(config["dataset"]["root"]),
             crowd=config["dataset"]["coco_crowd"],
             out=CONVERTED,
-        threads: config["dataset"]["convert_workers"]
-        resources:
-            mem_mb=res("convert_coco14", "mem_mb"),
-            runtime=res("convert_coco14", "runtime"),
-        conda:
-            "../envs/clipes.yaml"
         shell:
             "{params.script} --root {params.root} --crowd {params.crowd} --out {params.out} "
             "--workers {threads} > {log} 2>&1"

@@ -12,16 +12,16 @@ rule train_clip:
         log_path("train_clip"),
     benchmark:
         bench_path("train_clip")
-    params:
-        script=script("train_clip"),
-        data=f"{DATA}/synthetic",
-        p=lambda w: vcfg(w.variant)["model"]["pretrain"],
+    conda:
+        "../envs/clipes.yaml"
     threads: 2
     resources:
         mem_mb=res("train_clip", "mem_mb"),
         runtime=res("train_clip", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
+    params:
+        script=script("train_clip"),
+        data=f"{DATA}/synthetic",
+        p=lambda w: vcfg(w.variant)["model"]["pretrain"],
     shell:
         "{params.script} --data {params.data} --out {output.ckpt} "
         "--summary {output.summary} --steps {params.p[steps]} --batch-size {params.p[batch_size]} "

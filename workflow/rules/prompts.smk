@@ -12,6 +12,12 @@ rule score_prompts:
         log_path("score_prompts"),
     benchmark:
         bench_path("score_prompts")
+    conda:
+        "../envs/clipes.yaml"
+    resources:
+        gpu=lambda w: wants_gpu(cam_device(w.variant)),
+        mem_mb=res("score_prompts", "mem_mb"),
+        runtime=res("score_prompts", "runtime"),
     params:
         script=script("score_prompts"),
         data=dataset_args("train"),
@@ -20,12 +26,6 @@ rule score_prompts:
         fusion=lambda w: vcfg(w.variant)["text"]["synonym_fusion"],
         max_images=lambda w: vcfg(w.variant)["text"]["select_prompt"]["max_images"],
         device=lambda w: cam_device(w.variant),
-    resources:
-        gpu=lambda w: wants_gpu(cam_device(w.variant)),
-        mem_mb=res("score_prompts", "mem_mb"),
-        runtime=res("score_prompts", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
     shell:
         "{params.script} {params.data} {params.model} --device {params.device} "
         "--candidates {params.candidates} --synonym-fusion {params.fusion} "

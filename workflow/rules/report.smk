@@ -10,7 +10,9 @@ rule variant_config:
         text=lambda w: yaml.safe_dump(result_config(w.variant), sort_keys=False),
     run:
         Path(output[0]).write_text(params.text)
-        Path(log[0]).write_text(f"effective config of variant {wildcards.variant}\n")
+        Path(log[0]).write_text(
+            f"effective config of variant {wildcards.variant}\n"
+        )
 
 
 rule report:
@@ -19,20 +21,25 @@ rule report:
         code=code("report"),
         config="results/{dataset}/{variant}/config.yaml",
     output:
-        html="reports/{dataset}/{variant}.html",
+        html=report(
+            "reports/{dataset}/{variant}.html",
+            caption="../report/run_report.rst",
+            category="Reports",
+            labels={"variant": "{variant}", "type": "run report"},
+        ),
         md="reports/{dataset}/{variant}.md",
         summary="reports/{dataset}/{variant}.json",
     log:
         log_path("report"),
+    conda:
+        "../envs/clipes.yaml"
+    resources:
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
     params:
         script=script("report"),
         data=dataset_args("train"),
         args=lambda w, input: report_args(w.variant, input),
-    resources:
-        mem_mb=res("report", "mem_mb"),
-        runtime=res("report", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
     shell:
         "{params.script} run {params.data} --variant {wildcards.variant} "
         "--dataset-json {input.dataset} --config {input.config} {params.args} "
@@ -44,18 +51,23 @@ rule comparison_report:
         code=code("report"),
         summaries=expand("reports/{{dataset}}/{variant}.json", variant=list(VARIANTS)),
     output:
-        html="reports/{dataset}/comparison.html",
+        html=report(
+            "reports/{dataset}/comparison.html",
+            caption="../report/comparison.rst",
+            category="Reports",
+            labels={"variant": "all", "type": "comparison"},
+        ),
         md="reports/{dataset}/comparison.md",
     log:
         "results/{dataset}/logs/comparison_report.log",
-    params:
-        script=script("report"),
-        base=config["report"]["baseline_variant"] or BASE,
+    conda:
+        "../envs/clipes.yaml"
     resources:
         mem_mb=res("comparison_report", "mem_mb"),
         runtime=res("comparison_report", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
+    params:
+        script=script("report"),
+        base=config["report"]["baseline_variant"] or BASE,
     shell:
         "{params.script} compare --summary {input.summaries} --base {params.base} "
         "--title {wildcards.dataset} --html {output.html} --md {output.md} > {log} 2>&1"

@@ -11,24 +11,29 @@ rule train_segmentation:
     output:
         model="results/{dataset}/{variant}/segmentation/model.pt",
         log_csv="results/{dataset}/{variant}/segmentation/train_log.csv",
-        plot="results/{dataset}/{variant}/segmentation/train_log.png",
+        plot=report(
+            "results/{dataset}/{variant}/segmentation/train_log.png",
+            caption="../report/train_log.rst",
+            category="Segmentation",
+            labels={"variant": "{variant}", "figure": "training curve"},
+        ),
     log:
         log_path("train_segmentation"),
     benchmark:
         bench_path("train_segmentation")
+    conda:
+        "../envs/clipes.yaml"
+    threads: lambda w: 1 + seg_cfg(w.variant)["workers"]
+    resources:
+        gpu=lambda w: wants_gpu(seg_cfg(w.variant)["device"]),
+        mem_mb=res("train_segmentation", "mem_mb"),
+        runtime=res("train_segmentation", "runtime"),
     params:
         script=script("train_seg"),
         data=dataset_args("train"),
         args=lambda w: seg_train_args(w.variant),
         conf=lambda w, input: f"--conf {' '.join(input.conf)}" if input.conf else "",
         out=lambda w, output: str(Path(output.model).parent),
-    threads: 2
-    resources:
-        gpu=lambda w: wants_gpu(seg_cfg(w.variant)["device"]),
-        mem_mb=res("train_segmentation", "mem_mb"),
-        runtime=res("train_segmentation", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
     shell:
         "{params.script} {params.data} --masks {input.masks} {params.conf} "
         "{params.args} --threads {threads} --out {params.out} > {log} 2>&1"
@@ -45,6 +50,13 @@ rule predict_segmentation:
         log_path("predict_segmentation"),
     benchmark:
         bench_path("predict_segmentation")
+    conda:
+        "../envs/clipes.yaml"
+    threads: 2
+    resources:
+        gpu=lambda w: wants_gpu(seg_cfg(w.variant)["device"]),
+        mem_mb=res("predict_segmentation", "mem_mb"),
+        runtime=res("predict_segmentation", "runtime"),
     params:
         script=script("predict_seg"),
         data=dataset_args("val"),
@@ -52,13 +64,6 @@ rule predict_segmentation:
         flip=lambda w: "" if seg_cfg(w.variant)["test_flip"] else "--no-flip",
         crf=lambda w: "--crf" if seg_cfg(w.variant)["test_crf"] else "",
         device=lambda w: seg_cfg(w.variant)["device"],
-    threads: 2
-    resources:
-        gpu=lambda w: wants_gpu(seg_cfg(w.variant)["device"]),
-        mem_mb=res("predict_segmentation", "mem_mb"),
-        runtime=res("predict_segmentation", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
     shell:
         "{params.script} {params.data} --model {input.model} --out {output} "
         "--scales {params.scales} {params.flip} {params.crf} --device {params.device} > {log} 2>&1"
@@ -70,18 +75,24 @@ rule eval_segmentation:
         dataset=f"{DATA}/dataset.json",
         pred="results/{dataset}/{variant}/segmentation/pred_val",
     output:
-        "results/{dataset}/{variant}/eval/segmentation_val.json",
+        report(
+            "results/{dataset}/{variant}/eval/segmentation_val.json",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+            subcategory="segmentation (val)",
+            labels={"variant": "{variant}", "stage": "segmentation (val)"},
+        ),
     log:
         log_path("eval_segmentation"),
     benchmark:
         bench_path("eval_segmentation")
-    params:
-        script=script("evaluate"),
-        data=dataset_args("val"),
+    conda:
+        "../envs/clipes.yaml"
     resources:
         mem_mb=res("eval_segmentation", "mem_mb"),
         runtime=res("eval_segmentation", "runtime"),
-    conda:
-        "../envs/clipes.yaml"
+    params:
+        script=script("evaluate"),
+        data=dataset_args("val"),
     shell:
         "{params.script} {params.data} --masks {input.pred} --out {output} > {log} 2>&1"
