@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from .datasets import DatasetError
 from .io import IGNORE
 
 MEAN_BGR = (104.008, 116.669, 122.675)
@@ -255,7 +256,7 @@ def predict_mask(model: MSC, rgb: np.ndarray, use_crf: bool = False, device="cpu
 
 
 # ------------------------------------------------------------------------------ init files
-class InitError(ValueError):
+class InitError(DatasetError):
     """An init file that cannot give the whole backbone; names the file and the fix."""
 
 

@@ -64,6 +64,21 @@ class RunInputs:
     benchmark_dirs: list[Path] = field(default_factory=list)
     train_log: Path | None = None
     prompts: Path | None = None  # prompt-selection table (TSV)
+    seg_info: dict | None = None  # train_info.json: protocol, init, whether it is the paper's
+
+
+def segmentation_note(config: dict, info: dict | None) -> str:
+    """Which protocol, test protocol and init a segmentation number comes from."""
+    s = config.get("segmentation", {})
+    protocol = (info or {}).get("protocol", s.get("protocol", "torchvision"))
+    test = s.get("test_protocol") or ("msc-max" if protocol == "deeplab-pytorch"
+                                      else "mean-softmax-flip")
+    crf = " + CRF" if s.get("test_crf") else ""
+    note = f"protocol {protocol}, test {test}{crf}"
+    if info:
+        note += (f"; init {info['init']}"
+                 + (" (the paper's)" if info.get("paper_init") else " (not the paper's init)"))
+    return note
 
 
 def load_json(path) -> dict | None:
@@ -392,6 +407,10 @@ def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = 
     bench = read_benchmarks(inp.benchmark_dirs)
     timing = timing_table(bench, n_images)
     quality = quality_table(inp.evals)
+    for row in quality:
+        if row["key"] == "segmentation" and row["available"]:
+            note = segmentation_note(inp.config, inp.seg_info)
+            row["note"] = f"{row['note']}; {note}" if row.get("note") else note
     best_key = next((k for _, k in reversed(QUALITY_STAGES) if inp.evals.get(k)), None)
     per_class = per_class_table(inp.evals.get("pseudo_masks") or inp.evals.get(best_key),
                                 class_names)

@@ -265,8 +265,69 @@ class TrainData:
         return torch.stack(xs), torch.stack(ys), torch.stack(ws)
 
 
+    def batch_deeplab(self, seed: int, iteration: int, sub: int, batch_size: int, crop: int,
+                      scales):
+        """deeplab-pytorch's VOCAug batch: a scale drawn from ``scales``, bilinear resize of
+        the image (nearest for the labels), padding bottom/right with the mean and 255, a
+        random crop, a flip with p = 0.5, then BGR minus the mean. (B, 3, crop, crop), (B, crop,
+        crop). A pure function of (seed, iteration, sub) like :meth:`batch`."""
+        rng = np.random.default_rng([seed, iteration, sub])
+        idx = rng.integers(0, len(self.items), batch_size)
+        xs, ys = [], []
+        for i in idx:
+            rgb, label, _ = self.sample(int(i))
+            x, y = deeplab_augment(rng, rgb, label, crop, scales)
+            xs.append(x)
+            ys.append(y)
+        return torch.stack(xs), torch.stack(ys)
+
+
+def resize_bilinear(img: np.ndarray, nh: int, nw: int) -> np.ndarray:
+    """(H, W, C) float32 -> (nh, nw, C): bilinear with half-pixel centres (cv2's INTER_LINEAR,
+    no antialiasing), in plain numpy so the result does not depend on thread counts (torch's
+    CPU kernels round differently with another number of threads)."""
+    def axis(n_in, n_out):
+        src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (src - i0).astype(np.float32)
+
+    y0, y1, wy = axis(img.shape[0], nh)
+    x0, x1, wx = axis(img.shape[1], nw)
+    rows = img[y0] * (1 - wy)[:, None, None] + img[y1] * wy[:, None, None]
+    return np.ascontiguousarray(rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None])
+
+
+def deeplab_augment(rng, rgb: np.ndarray, label: np.ndarray, crop: int, scales):
+    """One VOCAug item: (3, crop, crop) float32 preprocessed image, (crop, crop) int64 labels."""
+    from . import deeplab
+
+    s = float(scales[int(rng.integers(0, len(scales)))])
+    h, w = label.shape
+    nh, nw = int(h * s), int(w * s)
+    bgr = torch.from_numpy(resize_bilinear(rgb[..., ::-1].astype(np.float32), nh, nw)).permute(2, 0, 1)
+    label = np.asarray(Image.fromarray(label).resize((nw, nh), Image.NEAREST))
+    mean = torch.tensor(deeplab.MEAN_BGR, dtype=torch.float32).view(3, 1, 1)
+    ph, pw = max(crop - nh, 0), max(crop - nw, 0)
+    if ph or pw:
+        canvas = mean.expand(3, nh + ph, nw + pw).clone()
+        canvas[:, :nh, :nw] = bgr
+        bgr = canvas
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE)
+    y0 = int(rng.integers(0, label.shape[0] - crop + 1))
+    x0 = int(rng.integers(0, label.shape[1] - crop + 1))
+    bgr = bgr[:, y0:y0 + crop, x0:x0 + crop]
+    label = label[y0:y0 + crop, x0:x0 + crop]
+    if rng.random() < 0.5:
+        bgr, label = bgr.flip(-1), label[:, ::-1]
+    mean64 = torch.tensor(deeplab.MEAN_BGR, dtype=torch.float64).view(3, 1, 1)
+    x = (bgr.double() - mean64).float()  # float64 subtraction, as deeplab-pytorch's numpy
+    return x.contiguous(), torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
+
+
 class _Batches(torch.utils.data.Dataset):
-    """Iteration i -> its batch (for a DataLoader that decodes in worker processes)."""
+    """Iteration i -> its batch, or its iter_size sub-batches under the deeplab-pytorch
+    protocol (for a DataLoader that decodes in worker processes)."""
 
     def __init__(self, data: TrainData, cfg, start: int):
         self.data, self.cfg, self.start = data, cfg, start
@@ -276,6 +337,9 @@ class _Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, k):
         c = self.cfg
+        if c.protocol == "deeplab-pytorch":
+            return [self.data.batch_deeplab(c.seed, self.start + k, j, c.batch_size, c.crop,
+                                            c.scales) for j in range(c.iter_size)]
         return self.data.batch(c.seed, self.start + k, c.batch_size, c.crop, c.scale_range)
 
 
@@ -313,17 +377,72 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = True  # mixed precision on CUDA
     workers: int = 2  # data loader processes (0: decode in the training process)
+    # "deeplab-pytorch" (the paper's: clipes.deeplab) or "torchvision" (this module's)
+    protocol: str = "torchvision"
+    blocks: tuple | None = None  # deeplab-pytorch: ResNet block counts (default from backbone)
+    iter_size: int = 1  # deeplab-pytorch: sub-batches accumulated per iteration
+    scales: tuple = (0.5, 0.75, 1.0, 1.25, 1.5)  # deeplab-pytorch: training scales
+    class_balanced: bool = False  # median-frequency class weights in the cross-entropy
 
 
 def poly_lr(base: float, it: int, total: int, power: float) -> float:
     return base * (1 - it / total) ** power
 
 
-def build_model(cfg: TrainConfig, log=print) -> tuple[DeepLabV2, str]:
+PROTOCOLS = ("deeplab-pytorch", "torchvision")
+
+
+def build_model(cfg: TrainConfig, log=print) -> tuple[nn.Module, str]:
+    """The network of the protocol, initialised; returns it and a description of the init."""
     torch.manual_seed(cfg.seed)
-    model = DeepLabV2(cfg.n_classes, cfg.backbone)
-    used = init_backbone(model, cfg.init, log)
-    return model, used
+    if cfg.protocol == "torchvision":
+        model = DeepLabV2(cfg.n_classes, cfg.backbone)
+        return model, init_backbone(model, cfg.init, log)
+    if cfg.protocol != "deeplab-pytorch":
+        raise ValueError(f"segmentation protocol {cfg.protocol!r}: one of {PROTOCOLS}")
+    from . import deeplab
+
+    model = deeplab.build(cfg.n_classes, cfg.backbone, cfg.blocks)
+    if cfg.init is None:
+        warnings.warn("segmentation backbone is RANDOMLY initialised: results will be far "
+                      "below the paper's (set segmentation.init)", stacklevel=2)
+        return model, "random"
+    if cfg.init == "imagenet":
+        return model, _torchvision_imagenet_into_caffe(model, cfg, log)
+    fmt = deeplab.load_init(model, cfg.init, log)
+    return model, f"{cfg.init} ({fmt})"
+
+
+def _torchvision_imagenet_into_caffe(model, cfg, log) -> str:
+    import torchvision
+
+    from . import deeplab
+
+    blocks = tuple(cfg.blocks) if cfg.blocks else deeplab.BLOCKS[cfg.backbone]
+    weights = {deeplab.BLOCKS["resnet101"]: torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
+               deeplab.BLOCKS["resnet50"]: torchvision.models.ResNet50_Weights.IMAGENET1K_V1}
+    if blocks not in weights:
+        raise ValueError(f"segmentation.init 'imagenet': torchvision has no ResNet with blocks "
+                         f"{blocks}; give an init file or init: null")
+    try:
+        state = weights[blocks].get_state_dict(progress=False)
+    except Exception as e:  # noqa: BLE001 (offline)
+        raise FileNotFoundError(
+            f"segmentation.init 'imagenet': could not download torchvision's ImageNet ResNet "
+            f"({type(e).__name__}: {e}); give an init file by path (deeplab-pytorch's "
+            f"converted ImageNet or COCO init, or a torchvision ResNet state dict)") from None
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".pth") as f:
+        torch.save(state, f.name)
+        fmt = deeplab.load_init(model, f.name, log)
+    return f"torchvision imagenet ({fmt}; not the paper's Caffe ImageNet init)"
+
+
+def describe_init(cfg: TrainConfig, used: str) -> dict:
+    """What the report says about the initialisation: which, and whether it is the paper's."""
+    paper = (cfg.protocol == "deeplab-pytorch" and "deeplab-pytorch converted init" in used)
+    return {"protocol": cfg.protocol, "init": used, "paper_init": paper}
 
 
 def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int | None = None):
@@ -337,10 +456,19 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     model, used = build_model(cfg, log)
-    pretrained_bn = used not in ("random", "random (download failed)")
+    deeplab_protocol = cfg.protocol == "deeplab-pytorch"
+    # deeplab-pytorch freezes BN whatever the init; the torchvision protocol only for a
+    # pretrained backbone
+    pretrained_bn = deeplab_protocol or used not in ("random", "random (download failed)")
     model.to(device)
-    opt = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
-                          momentum=cfg.momentum)
+    if deeplab_protocol:
+        from . import deeplab
+
+        groups = deeplab.param_groups(model, cfg.lr, cfg.weight_decay)
+    else:
+        groups = model.param_groups(cfg.lr, cfg.weight_decay)
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    weights = _class_weights(data, cfg.n_classes).to(device) if cfg.class_balanced else None
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start = 0
@@ -348,11 +476,21 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
     log_path = out_dir / "train_log.csv"
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            from .datasets import DatasetError
+
+            raise DatasetError(f"{ckpt_path} is a checkpoint of another network (other class "
+                             f"count, protocol or backbone: {str(e).splitlines()[0]}); delete it "
+                             f"to start this training afresh") from None
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start = state["iteration"]
         log(f"resuming from iteration {start} ({ckpt_path})")
+        if deeplab_protocol:
+            for k in range(start + 1):  # the lr the schedule had reached
+                deeplab.poly_lr_step(opt, k, cfg.iterations, cfg.poly_power)
     rows = _read_log(log_path, start)
     t0 = time.time()
     done_here = 0
@@ -361,18 +499,40 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
         model.train()
         if pretrained_bn:
             freeze_bn(model)
-        for g in opt.param_groups:
-            g["lr"] = poly_lr(g["base_lr"], it, cfg.iterations, cfg.poly_power)
-        x, y, w = next(batches)
-        x, y, w = x.to(device), y.to(device), w.to(device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(x)
-        loss = cgl_loss(logits.float(), y, w if cfg.loss == "soft" else None)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        rows.append({"iteration": it + 1, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"],
+        if deeplab_protocol:
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for x, y in next(batches):  # iter_size sub-batches, gradients accumulated
+                x, y = x.to(device), y.to(device)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    outputs = model(x)
+                sub_loss, _ = deeplab.msc_loss([o.float() for o in outputs], y, weights)
+                scaler.scale(sub_loss / cfg.iter_size).backward()
+                total += float(sub_loss.detach()) / cfg.iter_size
+            scaler.step(opt)
+            scaler.update()
+            loss = torch.tensor(total)
+            lr_now = opt.param_groups[0]["lr"]
+            deeplab.poly_lr_step(opt, it + 1, cfg.iterations, cfg.poly_power)
+        else:
+            for g in opt.param_groups:
+                g["lr"] = poly_lr(g["base_lr"], it, cfg.iterations, cfg.poly_power)
+            x, y, w = next(batches)
+            x, y, w = x.to(device), y.to(device), w.to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(x)
+            if weights is not None:
+                up = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+                loss = F.cross_entropy(up, y, weight=weights, ignore_index=IGNORE)
+            else:
+                loss = cgl_loss(logits.float(), y, w if cfg.loss == "soft" else None)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            lr_now = opt.param_groups[0]["lr"]
+        rows.append({"iteration": it + 1, "loss": float(loss.detach()), "lr": lr_now,
                      "seconds": time.time() - t0})
         done_here += 1
         n = it + 1
@@ -391,7 +551,11 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
             return model
     _write_log(log_path, rows)
     with atomic_path(out_dir / "model.pt", suffix=".pt") as tmp:
-        torch.save({"model": model.state_dict(), "config": asdict(cfg), "init": used}, tmp)
+        torch.save({"model": model.state_dict(), "config": asdict(cfg), "init": used,
+                    "init_info": describe_init(cfg, used)}, tmp)
+    from .io import write_json
+
+    write_json(out_dir / "train_info.json", describe_init(cfg, used))
     ckpt_path.unlink(missing_ok=True)
     return model
 
@@ -444,12 +608,82 @@ def plot_log(log_csv, out_png) -> None:
 
 
 # -------------------------------------------------------------------------- inference
-def load_trained(path, device="cpu") -> DeepLabV2:
+def load_trained(path, device="cpu") -> nn.Module:
+    """A model.pt of train(), either protocol; ``model.protocol`` says which."""
     state = torch.load(path, map_location=device, weights_only=False)
     cfg = state["config"]
-    model = DeepLabV2(cfg["n_classes"], cfg["backbone"])
+    protocol = cfg.get("protocol", "torchvision")
+    if protocol == "deeplab-pytorch":
+        from . import deeplab
+
+        model = deeplab.build(cfg["n_classes"], cfg["backbone"], cfg.get("blocks"))
+    else:
+        model = DeepLabV2(cfg["n_classes"], cfg["backbone"])
     model.load_state_dict(state["model"])
+    model.protocol = protocol
+    model.n_classes = cfg["n_classes"]
     return model.to(device).eval()
+
+
+TEST_PROTOCOLS = ("msc-max", "mean-softmax-flip")
+
+
+def predict_for_protocol(model, rgb, test_protocol: str, scales=(1.0,), flip=True,
+                         use_crf=False, device="cpu") -> np.ndarray:
+    """One image's label map under a named test-time protocol.
+
+    ``msc-max`` (deeplab-pytorch's main.py test, the paper's): the whole image, logits at
+    1x, 0.5x, 0.75x max-fused, upsampled, softmax, argmax; with ``use_crf`` deeplab-pytorch's
+    DenseCRF on the mean-subtracted BGR image cast to uint8. Needs a deeplab-pytorch model.
+    ``mean-softmax-flip``: softmax averaged over ``scales`` and horizontal flips; CRF on the
+    RGB image.
+    """
+    protocol = getattr(model, "protocol", "torchvision")
+    if test_protocol == "msc-max":
+        if protocol != "deeplab-pytorch":
+            raise ValueError("test protocol 'msc-max' needs a model trained with "
+                             "segmentation.protocol 'deeplab-pytorch'")
+        from . import deeplab
+
+        return deeplab.predict_mask(model, rgb, use_crf, device)
+    if test_protocol != "mean-softmax-flip":
+        raise ValueError(f"test protocol {test_protocol!r}: one of {TEST_PROTOCOLS}")
+    if protocol == "deeplab-pytorch":
+        probs = _deeplab_mean_softmax(model, rgb, scales, flip, device)
+        if use_crf:
+            from .crf import dense_crf
+
+            probs = torch.from_numpy(dense_crf(rgb, probs.numpy().astype(np.float32)))
+        return probs.argmax(0).numpy().astype(np.uint8)
+    return predict_mask(model, rgb, scales, flip, use_crf, device)
+
+
+@torch.no_grad()
+def _deeplab_mean_softmax(model, rgb, scales, flip, device) -> torch.Tensor:
+    from . import deeplab
+
+    h, w = rgb.shape[:2]
+    x = deeplab.preprocess(rgb)[None].to(device)
+    total = 0
+    for s in scales:
+        xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False) if s != 1 else x
+        batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
+        logits = F.interpolate(model.base(batch), size=(h, w), mode="bilinear", align_corners=False)
+        if flip:
+            logits = torch.stack([logits[0], logits[1].flip(-1)])
+        total = total + logits.softmax(1).mean(0)
+    return (total / len(scales)).cpu()
+
+
+def _class_weights(data: "TrainData", n_classes: int) -> torch.Tensor:
+    """Median-frequency weights from the pixel counts of every training label map."""
+    from . import deeplab
+
+    counts = np.zeros(n_classes, np.float64)
+    for it in data.items:
+        lb = _load_u8(it.label)
+        counts += np.bincount(lb[lb != IGNORE].ravel(), minlength=256)[:n_classes]
+    return deeplab.class_balanced_weights(counts)
 
 
 @torch.no_grad()

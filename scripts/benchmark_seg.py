@@ -1,56 +1,63 @@
 #!/usr/bin/env python
-"""Benchmark: DeepLabV2 training iterations per second and peak memory.
+"""Benchmark: DeepLabV2 training iterations per second and peak memory, for both
+segmentation protocols, and how fast the real data loader makes batches.
 
-Random images and masks (no data, no download), the reference setup by default:
-ResNet-101, crop 321, batch 10, SGD with the head at 10x. A few iterations on the CPU;
-on CUDA with mixed precision as training uses it.
+Random images and masks for the model step (no data, no download): ResNet-101, crop 321,
+batch 10 by default. The deeplab-pytorch protocol (the paper's) runs MSC (three scales,
+four losses) with its batch as iter_size sub-batches (default 5 x 2); the torchvision
+protocol one single-scale batch. A few iterations on the CPU; on CUDA with mixed precision as
+training uses it. ``--loader N`` also writes N generated 500x375 JPEGs with masks and times
+the training data loader (decoding and augmentation in ``--workers`` processes) alone.
 
     python scripts/benchmark_seg.py --iterations 3 --device cpu
-    python scripts/benchmark_seg.py --iterations 50 --device cuda
+    python scripts/benchmark_seg.py --iterations 50 --device cuda --loader 200 --workers 8
 """
 
 import argparse
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default="resnet101", choices=["resnet101", "resnet50", "tiny"])
-    p.add_argument("--crop", type=int, default=321)
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--iterations", type=int, default=3, help="timed iterations (after 1 warm-up)")
-    p.add_argument("--classes", type=int, default=21)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-amp", action="store_true")
-    args = p.parse_args()
-
+def model_step(args, protocol, device):
     import torch
 
+    from clipes import deeplab
     from clipes import segmentation as seg
-    from clipes.report import machine_description
 
-    device = torch.device(args.device)
     torch.manual_seed(0)
-    model = seg.DeepLabV2(args.classes, args.backbone).to(device)
-    seg.freeze_bn(model)
-    opt = torch.optim.SGD(model.param_groups(2.5e-4, 5e-4), lr=2.5e-4, momentum=0.9)
     amp = device.type == "cuda" and not args.no_amp
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    x = torch.randn(args.batch_size, 3, args.crop, args.crop, device=device)
-    y = torch.randint(0, args.classes, (args.batch_size, args.crop, args.crop), device=device)
+    if protocol == "deeplab-pytorch":
+        model = deeplab.build(args.classes, args.backbone).to(device)
+        model.train()
+        model.base.freeze_bn()
+        opt = torch.optim.SGD(deeplab.param_groups(model, 2.5e-4, 5e-4), lr=2.5e-4, momentum=0.9)
+        sub = args.batch_size // args.iter_size
+    else:
+        model = seg.DeepLabV2(args.classes, args.backbone).to(device)
+        seg.freeze_bn(model)
+        opt = torch.optim.SGD(model.param_groups(2.5e-4, 5e-4), lr=2.5e-4, momentum=0.9)
+        sub = args.batch_size
+    n_sub = args.batch_size // sub
+    x = torch.randn(sub, 3, args.crop, args.crop, device=device)
+    y = torch.randint(0, args.classes, (sub, args.crop, args.crop), device=device)
     y[:, :20] = 255
 
     def step():
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            logits = model(x)
-        loss = seg.cgl_loss(logits.float(), y)
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        for _ in range(n_sub):
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                out = model(x)
+            if protocol == "deeplab-pytorch":
+                loss, _ = deeplab.msc_loss([o.float() for o in out], y)
+            else:
+                loss = seg.cgl_loss(out.float(), y)
+            scaler.scale(loss / n_sub).backward()
         scaler.step(opt)
         scaler.update()
 
@@ -66,14 +73,74 @@ def main():
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    name = machine_description(args.device)
-    dt = (time.perf_counter() - t0) / args.iterations
-    print(f"device: {name}; torch {torch.__version__}; {'AMP fp16' if amp else 'fp32'}")
+    return (time.perf_counter() - t0) / args.iterations, peak, f"{n_sub} x {sub}"
+
+
+def loader_rate(args, protocol) -> float:
+    """Batches per second of the training data loader on generated JPEGs."""
+    import numpy as np
+    from PIL import Image
+
+    from clipes import segmentation as seg
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rng = np.random.default_rng(0)
+        items = []
+        for i in range(args.loader):
+            img = rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)
+            lab = rng.integers(0, args.classes, (375, 500), dtype=np.uint8)
+            Image.fromarray(img).save(tmp / f"{i}.jpg", quality=90)
+            Image.fromarray(lab).save(tmp / f"{i}.png")
+            items.append(seg.TrainItem(tmp / f"{i}.jpg", tmp / f"{i}.png"))
+        cfg = seg.TrainConfig(n_classes=args.classes, protocol=protocol, crop=args.crop,
+                              batch_size=args.batch_size // args.iter_size if protocol ==
+                              "deeplab-pytorch" else args.batch_size,
+                              iter_size=args.iter_size if protocol == "deeplab-pytorch" else 1,
+                              iterations=args.iterations + 4, workers=args.workers)
+        stream = seg.batch_stream(seg.TrainData(items), cfg, 0)
+        next(stream)  # workers started
+        t0 = time.perf_counter()
+        for _ in range(args.iterations + 3):
+            next(stream)
+        return (args.iterations + 3) / (time.perf_counter() - t0)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", default="both", choices=["both", "deeplab-pytorch", "torchvision"])
+    p.add_argument("--backbone", default="resnet101", choices=["resnet101", "resnet50", "tiny"])
+    p.add_argument("--crop", type=int, default=321)
+    p.add_argument("--batch-size", type=int, default=10, help="images per iteration")
+    p.add_argument("--iter-size", type=int, default=2,
+                   help="deeplab-pytorch: sub-batches per iteration (batch 10 = 5 x 2)")
+    p.add_argument("--iterations", type=int, default=3, help="timed iterations (after 1 warm-up)")
+    p.add_argument("--classes", type=int, default=21)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--loader", type=int, default=0, help="also time the data loader on N JPEGs")
+    p.add_argument("--workers", type=int, default=4, help="data loader processes")
+    args = p.parse_args()
+
+    import torch
+
+    from clipes.report import machine_description
+
+    device = torch.device(args.device)
+    amp = device.type == "cuda" and not args.no_amp
+    print(f"device: {machine_description(args.device)}; torch {torch.__version__}; "
+          f"{'AMP fp16' if amp else 'fp32'}")
     print()
-    print("| backbone | crop | batch | s/iteration | iterations/s | peak memory (MB) | 20k iterations (h) |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {args.backbone} | {args.crop} | {args.batch_size} | {dt:.2f} | {1 / dt:.3f} | "
-          f"{peak:.0f} ({'GPU allocated' if device.type == 'cuda' else 'max RSS'}) | {20000 * dt / 3600:.1f} |")
+    print("| protocol | backbone | crop | batch | s/iteration | iterations/s | peak memory (MB) | "
+          "20k iterations (h) | loader batches/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    protocols = ["deeplab-pytorch", "torchvision"] if args.protocol == "both" else [args.protocol]
+    for protocol in protocols:
+        dt, peak, shape = model_step(args, protocol, device)
+        rate = f"{loader_rate(args, protocol):.2f} ({args.workers} workers)" if args.loader else "-"
+        print(f"| {protocol} | {args.backbone} | {args.crop} | {shape} | {dt:.2f} | {1 / dt:.3f} | "
+              f"{peak:.0f} ({'GPU allocated' if device.type == 'cuda' else 'max RSS'}) | "
+              f"{20000 * dt / 3600:.1f} | {rate} |", flush=True)
 
 
 if __name__ == "__main__":

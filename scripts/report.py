@@ -32,6 +32,7 @@ def parse_args(argv=None):
     r.add_argument("--bench-dirs", nargs="*", default=[],
                    help="benchmark folders, each optionally DIR:rule,rule to read only those rules")
     r.add_argument("--train-log", type=Path, help="training loss plot (PNG)")
+    r.add_argument("--seg-info", type=Path, help="train_info.json of the segmentation training")
     r.add_argument("--prompts", type=Path, help="prompt-selection table (score_prompts.py)")
     r.add_argument("--cams", nargs="*", type=Path, default=[], help="CAM folders (gallery)")
     r.add_argument("--pseudo", nargs="*", type=Path, default=[], help="pseudo-mask folders (gallery)")
@@ -62,7 +63,8 @@ def run(args):
     gallery = report.gallery_items(ds.samples, args.pseudo, args.cams, args.pred, args.gallery) \
         if args.pseudo and args.cams else []
     inp = report.RunInputs(args.variant, json.loads(args.dataset_json.read_text()), cfg, evals,
-                           args.bench_dirs, args.train_log, args.prompts)
+                           args.bench_dirs, args.train_log, args.prompts,
+                           report.load_json(args.seg_info) if args.seg_info else None)
     ctx = report.render_run(inp, args.html, args.md, gallery)
     if args.summary:
         io.write_json(args.summary, {"variant": args.variant, "evals": evals,

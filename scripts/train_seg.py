@@ -26,7 +26,17 @@ def parse_args(argv=None):
     p.add_argument("--conf", type=Path, nargs="+", help="folder(s) of confidence PNGs (--loss soft)")
     p.add_argument("--out", required=True, type=Path)
     d = segmentation.TrainConfig(n_classes=0)
+    p.add_argument("--protocol", choices=segmentation.PROTOCOLS, default=d.protocol,
+                   help="deeplab-pytorch: the paper's (Caffe ResNet, MSC, BGR-mean input); "
+                        "torchvision: torchvision ResNet, ImageNet normalisation")
     p.add_argument("--backbone", choices=["resnet101", "resnet50", "tiny"], default=d.backbone)
+    p.add_argument("--blocks", type=int, nargs=4, help="deeplab-pytorch: ResNet block counts")
+    p.add_argument("--iter-size", type=int, default=d.iter_size,
+                   help="deeplab-pytorch: sub-batches accumulated per iteration")
+    p.add_argument("--scales", type=float, nargs="+", default=list(d.scales),
+                   help="deeplab-pytorch: training scales drawn per image")
+    p.add_argument("--class-balanced", action="store_true",
+                   help="median-frequency class weights in the cross-entropy")
     p.add_argument("--init", default=d.init,
                    help="'imagenet' (torchvision download), a checkpoint path, or 'none' (random)")
     p.add_argument("--loss", choices=["cgl", "soft", "plain"], default=d.loss)
@@ -52,6 +62,13 @@ def main(argv=None):
     ds = cli.dataset_from_args(args)
     if args.loss == "soft" and not args.conf:
         raise datasets.DatasetError("--loss soft needs --conf (the CRF stage's --conf-out)")
+    missing = [s.id for s in ds.samples
+               if not any((d / f"{s.id}.png").is_file() for d in args.masks)]
+    if missing:
+        raise datasets.DatasetError(
+            f"{len(missing)} of the {len(ds.samples)} training images have no pseudo mask in "
+            f"{', '.join(map(str, args.masks))} (first: {missing[0]}.png): rerun the CRF stage "
+            f"for this split, or leave those images out of the split")
     items = [segmentation.TrainItem(
         s.image, metrics.find_file(args.masks, f"{s.id}.png"),
         metrics.find_file(args.conf, f"{s.id}.png") if args.conf else None) for s in ds.samples]
@@ -62,7 +79,9 @@ def main(argv=None):
         momentum=args.momentum, weight_decay=args.weight_decay, poly_power=args.poly_power,
         scale_range=tuple(args.scale_range), checkpoint_every=args.checkpoint_every,
         seed=args.seed, device=cli.resolve_device(args.device), amp=not args.no_amp,
-        workers=args.workers)
+        workers=args.workers, protocol=args.protocol,
+        blocks=tuple(args.blocks) if args.blocks else None, iter_size=args.iter_size,
+        scales=tuple(args.scales), class_balanced=args.class_balanced)
     segmentation.train(cfg, segmentation.TrainData(items), args.out)
     segmentation.plot_log(args.out / "train_log.csv", args.out / "train_log.png")
 

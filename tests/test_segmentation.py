@@ -1,5 +1,7 @@
 """Segmentation stage: CGL, soft weighting, exact resume, odd sizes, evaluation."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,118 @@ def test_evaluation_on_known_masks(tmp_path):
     assert res["class_iou"][1] == pytest.approx(3 / 4)
     assert res["mIoU"] == pytest.approx(3 / 4) and res["pixel_acc"] == pytest.approx(6 / 7)
     assert res["coverage"] == pytest.approx(7 / 8)
+
+
+# ----------------------------------------------------------------- deeplab-pytorch protocol
+def _dl_cfg(**kw):
+    return _cfg(protocol="deeplab-pytorch", blocks=(1, 1, 1, 1), iter_size=2, crop=40,
+                lr=2.5e-4, **kw)
+
+
+def test_deeplab_protocol_resume_gives_the_same_weights_and_log(tmp_path):
+    """Under the deeplab-pytorch protocol (MSC, iter_size sub-batches, poly every 10) and
+    the DataLoader workers, an interrupted run resumes to the uninterrupted one."""
+    data = _data(tmp_path)
+    whole = seg.train(_dl_cfg(workers=2), data, tmp_path / "whole", log=lambda m: None)
+    seg.train(_dl_cfg(workers=0), data, tmp_path / "cut", log=lambda m: None, stop_after=3)
+    resumed = seg.train(_dl_cfg(workers=1), data, tmp_path / "cut", log=lambda m: None)
+    for (k, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    drop = lambda text: [ln.rsplit(",", 1)[0] for ln in text.splitlines()]  # noqa: E731 (timing)
+    assert drop((tmp_path / "cut" / "train_log.csv").read_text()) == \
+        drop((tmp_path / "whole" / "train_log.csv").read_text())
+    model = seg.load_trained(tmp_path / "cut" / "model.pt")
+    assert model.protocol == "deeplab-pytorch"
+    info = json.loads((tmp_path / "cut" / "train_info.json").read_text())
+    assert info == {"protocol": "deeplab-pytorch", "init": "random", "paper_init": False}
+    mask = seg.predict_for_protocol(model, np.zeros((37, 45, 3), np.uint8), "msc-max")
+    assert mask.shape == (37, 45)
+    mask = seg.predict_for_protocol(model, np.zeros((37, 45, 3), np.uint8), "mean-softmax-flip",
+                                    scales=(1.0, 0.5))
+    assert mask.shape == (37, 45)
+
+
+def test_msc_loss_ignores_255_pixels():
+    from clipes import deeplab
+
+    torch.manual_seed(0)
+    model = deeplab.MSC(deeplab.DeepLabV2Caffe(3, (1, 1, 1, 1))).train()
+    model.base.freeze_bn()
+    x = torch.randn(1, 3, 33, 33, requires_grad=True)
+    y = torch.full((1, 33, 33), 255, dtype=torch.long)
+    y[0, :, :16] = 1
+    loss, _ = deeplab.msc_loss(model(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    # changing the labels of ignored pixels changes nothing
+    y2 = y.clone()
+    y2[0, :, 17:] = 255
+    loss2, _ = deeplab.msc_loss(model(x), y2)
+    assert torch.allclose(loss, loss2)
+
+
+def test_class_balanced_weights_are_median_frequency():
+    from clipes import deeplab
+
+    w = deeplab.class_balanced_weights(np.array([80.0, 10.0, 10.0, 0.0]))
+    assert w.tolist() == pytest.approx([10 / 80, 1.0, 1.0, 1.0])
+
+
+def test_deeplab_augment_is_a_pure_function(tmp_path):
+    data = _data(tmp_path)
+    a = data.batch_deeplab(3, 7, 1, 2, 40, (0.5, 1.0, 1.5))
+    b = data.batch_deeplab(3, 7, 1, 2, 40, (0.5, 1.0, 1.5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == (2, 3, 40, 40) and a[1].shape == (2, 40, 40)
+    # padding: the mean becomes (almost) 0, the label 255
+    c = data.batch_deeplab(3, 8, 0, 1, 200, (0.5,))
+    assert (c[1][0, -1] == 255).all() and c[0][0, :, -1].abs().max() < 1e-4
+
+
+def test_resize_bilinear_matches_torch_half_pixel_bilinear():
+    import torch.nn.functional as F
+
+    a = np.random.default_rng(0).random((37, 53, 3)).astype(np.float32)
+    for nh, nw in ((18, 26), (46, 66), (37, 53)):
+        ref = F.interpolate(torch.from_numpy(a).permute(2, 0, 1)[None], size=(nh, nw),
+                            mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+        assert np.abs(seg.resize_bilinear(a, nh, nw) - ref).max() < 1e-5
+
+
+def _one_line(proc, *words):
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for w in words:
+        assert w in errors[0], errors[0]
+
+
+def test_bad_segmentation_inputs_get_one_line_errors(golden, tmp_path):
+    import shutil
+
+    from conftest import run_script
+
+    voc = golden / "voc"
+    split = voc / "ImageSets/Segmentation/train.txt"
+    data = ["--dataset", "voc12", "--root", voc, "--split", split]
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for p in sorted((voc / "SegmentationClassAug").glob("*.png"))[:3]:
+        shutil.copy(p, masks / p.name)
+    tiny = ["--backbone", "tiny", "--iterations", "1", "--batch-size", "1", "--crop", "32",
+            "--device", "cpu", "--workers", "0", "--init", "none"]
+    p = run_script("train_seg", *data, "--masks", masks, "--out", tmp_path / "o", *tiny, check=False)
+    _one_line(p, "7 of the 10 training images have no pseudo mask", str(masks))
+    for q in (voc / "SegmentationClassAug").glob("*.png"):
+        shutil.copy(q, masks / q.name)
+    weird = tmp_path / "weird.pth"
+    torch.save({"foo.weight": torch.zeros(2)}, weird)
+    tiny[-1] = str(weird)
+    p = run_script("train_seg", *data, "--masks", masks, "--out", tmp_path / "o", *tiny,
+                   "--protocol", "deeplab-pytorch", check=False)
+    _one_line(p, "weird.pth", "unknown init format")
+    # a model trained for another class count
+    seg.train(_cfg(iterations=1), _data(tmp_path), tmp_path / "three", log=lambda m: None)
+    p = run_script("predict_seg", *data, "--model", tmp_path / "three" / "model.pt",
+                   "--out", tmp_path / "pred", "--device", "cpu", check=False)
+    _one_line(p, "model.pt", "3 classes", "21")

@@ -395,8 +395,24 @@ STAGE_CODE = {
     ],
     "evaluate": ["metrics", "crf", "datasets", "io", "cli"],
     "crf": ["crf", "datasets", "io", "metrics", "cli"],
-    "train_seg": ["segmentation", "datasets", "metrics", "io", "cli", "gpuslots"],
-    "predict_seg": ["segmentation", "crf", "datasets", "io", "cli", "gpuslots"],
+    "train_seg": [
+        "segmentation",
+        "deeplab",
+        "datasets",
+        "metrics",
+        "io",
+        "cli",
+        "gpuslots",
+    ],
+    "predict_seg": [
+        "segmentation",
+        "deeplab",
+        "crf",
+        "datasets",
+        "io",
+        "cli",
+        "gpuslots",
+    ],
     "report": ["report", "metrics", "datasets", "io", "cli", "segmentation"],
 }
 
@@ -560,8 +576,23 @@ def seg_train_args(variant):
         f"--seed {s['seed']}",
         f"--device {s['device']}",
         f"--workers {s['workers']}",
+        f"--protocol {s['protocol']}",
+        f"--iter-size {s['iter_size']}",
+        f"--scales {' '.join(map(str, s['scales']))}",
     ]
+    if s["blocks"]:
+        args.append(f"--blocks {' '.join(map(str, s['blocks']))}")
+    if s["class_balanced"]:
+        args.append("--class-balanced")
     return " ".join(args)
+
+
+def test_protocol(variant):
+    """The named test-time protocol of a variant's segmentation numbers."""
+    s = seg_cfg(variant)
+    if s["test_protocol"]:
+        return s["test_protocol"]
+    return "msc-max" if s["protocol"] == "deeplab-pytorch" else "mean-softmax-flip"
 
 
 def seg_init_input(variant):
@@ -578,9 +609,9 @@ def report_inputs(variant):
     ins["pseudo"] = crf_shards(variant)
     if "eval_seg" in files:
         ins["pred"] = f"{stage_dir(variant, 'segmentation')}/segmentation/pred_val"
-        ins["train_plot"] = (
-            f"{stage_dir(variant, 'segmentation')}/segmentation/train_log.png"
-        )
+        seg = f"{stage_dir(variant, 'segmentation')}/segmentation"
+        ins["train_plot"] = f"{seg}/train_log.png"
+        ins["seg_info"] = f"{seg}/train_info.json"
     return ins
 
 
@@ -620,7 +651,11 @@ def report_args(variant, input):
         f"--gallery {config['report']['gallery']}",
     ]
     if "pred" in input.keys():
-        args += [f"--pred {input.pred}", f"--train-log {input.train_plot}"]
+        args += [
+            f"--pred {input.pred}",
+            f"--train-log {input.train_plot}",
+            f"--seg-info {input.seg_info}",
+        ]
     if "prompts" in input.keys():
         args.append(f"--prompts {input.prompts}")
     return " ".join(args)

@@ -11,6 +11,7 @@ rule train_segmentation:
     output:
         model="results/{dataset}/{variant}/segmentation/model.pt",
         log_csv="results/{dataset}/{variant}/segmentation/train_log.csv",
+        info="results/{dataset}/{variant}/segmentation/train_info.json",
         plot=report(
             "results/{dataset}/{variant}/segmentation/train_log.png",
             caption="../report/train_log.rst",
@@ -64,9 +65,11 @@ rule predict_segmentation:
         flip=lambda w: "" if seg_cfg(w.variant)["test_flip"] else "--no-flip",
         crf=lambda w: "--crf" if seg_cfg(w.variant)["test_crf"] else "",
         device=lambda w: seg_cfg(w.variant)["device"],
+        test=lambda w: test_protocol(w.variant),
     shell:
         "{params.script} {params.data} --model {input.model} --out {output} "
-        "--scales {params.scales} {params.flip} {params.crf} --device {params.device} > {log} 2>&1"
+        "--test-protocol {params.test} --scales {params.scales} {params.flip} {params.crf} "
+        "--device {params.device} > {log} 2>&1"
 
 
 rule eval_segmentation:
