@@ -29,6 +29,19 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
                         "(COCO 'sknowboard', repeated COCO labels)")
 
 
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'I/N' -> (I, N), 0 <= I < N; a bad spec is a one-line error."""
+    idx, _, count = spec.partition("/")
+    try:
+        i, n = int(idx), int(count or 1)
+    except ValueError:
+        raise datasets.DatasetError(f"--shard {spec!r}: expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise datasets.DatasetError(f"--shard {spec!r}: needs N >= 1 and 0 <= I < N (I/N: every "
+                                    f"N-th image from the I-th, counting from 0)")
+    return i, n
+
+
 def read_class_list(path: Path) -> list:
     """Class entries from YAML/JSON (a list) or text ('name: syn, syn' per line)."""
     if not path.is_file():

@@ -49,7 +49,9 @@ def crf_image(path) -> np.ndarray:
     """The reference's CRF image: BGR (as cv2.imread), minus BGR_MEAN, cast to uint8 with
     wrap-around (truncate toward zero, then mod 256, as numpy does on x86-64).
     Returns (H, W, 3) uint8, C-contiguous."""
-    with Image.open(path) as im:
+    from .datasets import open_image
+
+    with open_image(path) as im:
         rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
     bgr = rgb[..., ::-1] - np.asarray(BGR_MEAN, dtype=np.float32)
     return np.ascontiguousarray(np.mod(np.trunc(bgr).astype(np.int64), 256).astype(np.uint8))
@@ -57,7 +59,9 @@ def crf_image(path) -> np.ndarray:
 
 def rgb_image(path) -> np.ndarray:
     """Plain RGB uint8 image (the ``image_input: rgb`` improvement)."""
-    with Image.open(path) as im:
+    from .datasets import open_image
+
+    with open_image(path) as im:
         return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
 

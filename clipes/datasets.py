@@ -63,12 +63,32 @@ class Dataset:
         return ["background"] + [c.name for c in self.classes]
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_8bit(im: Image.Image, path) -> Image.Image:
+    """A 16-bit (or 32-bit integer) grey image scaled to 8 bits ('L'); other modes as they are.
+
+    PIL's own conversion clips such values at 255, so a 16-bit photo would reach the model
+    nearly white. Values are scaled by 255/65535 (or by the image's maximum for 32-bit
+    integers above 65535); floating-point images are refused (no known range)."""
+    if im.mode == "F":
+        raise DatasetError(f"{path}: a floating-point image (mode F) has no known value range; "
+                           f"save it as an 8- or 16-bit PNG or a JPEG")
+    if im.mode not in HIGH_DEPTH_MODES:
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    top = 65535.0 if a.max(initial=0) <= 65535 else float(a.max())
+    return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+
+
 def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image; unreadable or truncated files raise DatasetError."""
+    """Open and fully decode an image; unreadable or truncated files raise DatasetError.
+    High bit-depth grey images are scaled to 8 bits (:func:`to_8bit`)."""
     try:
         im = Image.open(path)
         im.load()
-        return im
+        return to_8bit(im, path)
     except FileNotFoundError:
         raise DatasetError(f"image not found: {path}") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -232,13 +252,19 @@ def load_custom(root, classes: list, labels_csv, split=None, images_dir="images"
                            f"'image,labels', labels separated by ';')")
     keep = {r[0] for r in read_split(split)} if split else None
     samples, skipped = [], []
-    with labels_csv.open(newline="") as f:
+    seen: dict[str, int] = {}
+    with labels_csv.open(newline="", encoding="utf-8-sig") as f:  # a BOM (Excel) is dropped
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"image", "labels"} <= set(reader.fieldnames):
             raise DatasetError(f"{labels_csv}: needs the columns 'image' and 'labels', found "
                                f"{reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
             iid = Path(row["image"]).stem
+            if iid in seen:
+                raise DatasetError(f"{labels_csv}:{line}: image {iid!r} is listed again (first on "
+                                   f"line {seen[iid]}); give each image one row, its labels "
+                                   f"separated by ';'")
+            seen[iid] = line
             if keep is not None and iid not in keep:
                 continue
             names = [n.strip() for n in (row["labels"] or "").split(";") if n.strip()]
@@ -301,13 +327,20 @@ def shard(samples: list, index: int, count: int) -> list:
     return samples[index::count]
 
 
-def load_gt(sample: Sample, expect_hw: tuple[int, int] | None = None) -> np.ndarray:
+def load_gt(sample: Sample, expect_hw: tuple[int, int] | None = None,
+            n_classes: int | None = None) -> np.ndarray:
     """The ground-truth label map of a sample (H, W) uint8; size checked when given."""
     from .io import load_mask
 
     if sample.gt is None:
         raise DatasetError(f"no ground-truth mask for {sample.id}")
     gt = load_mask(sample.gt)
+    if n_classes is not None:
+        bad = np.unique(gt[(gt >= n_classes) & (gt != 255)])
+        if bad.size:
+            raise DatasetError(f"{sample.gt} holds label values {bad[:5].tolist()} beyond the "
+                               f"{n_classes} classes (0 background .. {n_classes - 1}, 255 "
+                               f"ignore): a colour-palette or 16-bit mask, or another dataset's")
     hw = expect_hw or sample.orig_hw
     if gt.shape != tuple(hw):
         raise DatasetError(f"{sample.gt} is {gt.shape[1]}x{gt.shape[0]} but the image is "

@@ -24,9 +24,20 @@ IGNORE = 255  # label value ignored by metrics and by the segmentation loss
 CAM_DTYPE = np.float16
 
 
+def _file_mode() -> int:
+    """The mode a plain new file gets here (0o666 less the umask): what open() would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    The file ends with the mode any file written by the user gets (the umask applies), not
+    the private 0600 of a temporary file, so colleagues on a shared file system can read it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
@@ -34,6 +45,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

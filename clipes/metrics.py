@@ -96,7 +96,7 @@ def evaluate_cam_dir(samples, cam_dirs, n_classes: int, powers=(1, 2), key: str 
     cms = {p: ConfusionMatrix(n_classes) for p in powers}
     for s in samples:
         keys, cams = load_cams(find_file(cam_dirs, f"{s.id}.npz"), key)
-        gt = load_gt(s, cams.shape[1:])
+        gt = load_gt(s, cams.shape[1:], n_classes)
         for p in powers:
             cms[p].update(gt, cam_labels(keys, cams, p))
     out = bg_power_sweep({p: cm.scores() for p, cm in cms.items()})
@@ -115,7 +115,7 @@ def evaluate_mask_dir(samples, mask_dirs, n_classes: int) -> dict:
     labelled = valid = 0
     for s in samples:
         pred = load_mask(find_file(mask_dirs, f"{s.id}.png"))
-        gt = load_gt(s, pred.shape).copy()
+        gt = load_gt(s, pred.shape, n_classes).copy()
         ok = gt != IGNORE
         valid += int(ok.sum())
         keep = pred != IGNORE

@@ -183,7 +183,10 @@ class TrainItem:
 
 
 def load_rgb(path) -> np.ndarray:
-    with Image.open(path) as im:
+    """(H, W, 3) uint8 RGB, high bit-depth grey images scaled (datasets.open_image)."""
+    from .datasets import open_image
+
+    with open_image(path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
@@ -474,8 +477,12 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
     start = 0
     ckpt_path = out_dir / "checkpoint.pt"
     log_path = out_dir / "train_log.csv"
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+    state = torch.load(ckpt_path, map_location=device, weights_only=False) \
+        if ckpt_path.is_file() else None
+    if state is not None and state.get("fingerprint") != fingerprint(cfg):
+        log(f"{ckpt_path} was written by another config or code version: starting afresh")
+        state = None
+    if state is not None:
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:
@@ -491,7 +498,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
         if deeplab_protocol:
             for k in range(start + 1):  # the lr the schedule had reached
                 deeplab.poly_lr_step(opt, k, cfg.iterations, cfg.poly_power)
-    rows = _read_log(log_path, start)
+    rows = list(state.get("log_rows", [])) if state is not None else []
     t0 = time.time()
     done_here = 0
     batches = batch_stream(data, cfg, start)
@@ -543,10 +550,10 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
                 f"loss {np.mean([r['loss'] for r in rows[-20:]]):.4f} "
                 f"{rate:.2f} it/s, eta {eta:.0f} s")
         if n % cfg.checkpoint_every == 0 and n < cfg.iterations:
-            _save_checkpoint(ckpt_path, model, opt, scaler, n)
+            _save_checkpoint(ckpt_path, model, opt, scaler, n, cfg, rows)
             _write_log(log_path, rows)
         if stop_after is not None and done_here >= stop_after:
-            _save_checkpoint(ckpt_path, model, opt, scaler, n)
+            _save_checkpoint(ckpt_path, model, opt, scaler, n, cfg, rows)
             _write_log(log_path, rows)
             return model
     _write_log(log_path, rows)
@@ -560,10 +567,24 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
     return model
 
 
-def _save_checkpoint(path, model, opt, scaler, iteration):
+def fingerprint(cfg: TrainConfig) -> str:
+    """Hash of what a training's result depends on: its config (less the knobs that do not
+    change results: data loader workers, checkpoint interval) and the training code."""
+    import hashlib
+    import json
+
+    d = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "checkpoint_every")}
+    code = b"".join(Path(__file__).with_name(f).read_bytes() for f in ("segmentation.py", "deeplab.py"))
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode() + code).hexdigest()
+
+
+def _save_checkpoint(path, model, opt, scaler, iteration, cfg, rows):
+    """Model, optimiser and log rows in one file, written atomically: the log of a resumed
+    run continues from exactly the checkpoint's iteration."""
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scaler": scaler.state_dict(), "iteration": iteration}, tmp)
+                    "scaler": scaler.state_dict(), "iteration": iteration,
+                    "fingerprint": fingerprint(cfg), "log_rows": list(rows)}, tmp)
 
 
 def _write_log(path, rows):
@@ -575,14 +596,6 @@ def _write_log(path, rows):
     w.writerows(rows)
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
-
-
-def _read_log(path, upto: int) -> list[dict]:
-    if upto == 0 or not Path(path).is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) if k != "iteration" else int(v) for k, v in r.items()}
-                for r in csv.DictReader(f) if int(r["iteration"]) <= upto]
 
 
 def plot_log(log_csv, out_png) -> None:

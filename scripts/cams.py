@@ -61,8 +61,7 @@ def main(argv=None):
     args = parse_args(argv)
     ds = cli.dataset_from_args(args)
     cli.write_skips(args.skips, ds.skipped)
-    idx, _, count = args.shard.partition("/")
-    samples = datasets.shard(ds.samples, int(idx), int(count or 1))
+    samples = datasets.shard(ds.samples, *cli.parse_shard(args.shard))
     clip = cli.load_model(args)
     device = cli.resolve_device(args.device)
     template = args.template

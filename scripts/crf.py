@@ -83,8 +83,7 @@ def one_image(sample: datasets.Sample, args, params: crf.CrfParams) -> str:
 def main(argv=None):
     args = parse_args(argv)
     ds = cli.dataset_from_args(args)
-    idx, _, count = args.shard.partition("/")
-    samples = datasets.shard(ds.samples, int(idx), int(count or 1))
+    samples = datasets.shard(ds.samples, *cli.parse_shard(args.shard))
     params = crf.CrfParams(iterations=args.iterations, bg_power=args.bg_power,
                            confidence=args.confidence, image_input=args.image_input)
     args.out.mkdir(parents=True, exist_ok=True)

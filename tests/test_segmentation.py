@@ -232,3 +232,17 @@ def test_bad_segmentation_inputs_get_one_line_errors(golden, tmp_path):
     p = run_script("predict_seg", *data, "--model", tmp_path / "three" / "model.pt",
                    "--out", tmp_path / "pred", "--device", "cpu", check=False)
     _one_line(p, "model.pt", "3 classes", "21")
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    """Interrupted at iteration 3 of 6, then rerun with 4 iterations: the old checkpoint is
+    set aside (another config), the run starts afresh and equals a clean 4-iteration run."""
+    data = _data(tmp_path)
+    seg.train(_cfg(), data, tmp_path / "cut", log=lambda m: None, stop_after=3)
+    logs = []
+    again = seg.train(_cfg(iterations=4), data, tmp_path / "cut", log=logs.append)
+    clean = seg.train(_cfg(iterations=4), data, tmp_path / "clean", log=lambda m: None)
+    assert any("starting afresh" in m for m in logs)
+    for (k, a), (_, b) in zip(again.state_dict().items(), clean.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert len((tmp_path / "cut" / "train_log.csv").read_text().splitlines()) == 5

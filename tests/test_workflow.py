@@ -147,6 +147,9 @@ def test_benchmark_configs_on_real_layouts(golden, tmp_path, kind):
     assert not (tmp_path / "results").exists()
     cfg = shipped_config_on_golden(golden, kind)
     assert "Job stats" in smk(tmp_path, cfg, "-n").stdout
+    # the golden folders hold the converted layout (SegmentationClassAug/ or
+    # SegmentationClass/): the conversion from the official downloads is skipped
+    assert f"convert_{kind}" not in planned_rules(tmp_path, cfg)
     smk(tmp_path, cfg)
     sub = {"voc12": "voc", "coco14": "coco"}[kind]
     ref = json.loads((golden / sub / "eval.json").read_text())

@@ -250,21 +250,22 @@ def dataset_args(which="train"):
     """Command-line arguments the stage scripts take for the configured dataset."""
     ds = config["dataset"]
     kind = ds["kind"]
-    args = [f"--dataset {kind}", f"--root {dataset_root()}"]
+    q = shlex.quote  # paths may hold spaces
+    args = [f"--dataset {kind}", f"--root {q(dataset_root())}"]
     split = split_path(which)
     if split:
-        args.append(f"--split {split}")
+        args.append(f"--split {q(split)}")
     if kind == "synthetic":
         root = dataset_root()
         args += [
-            f"--classes {root}/classes.yaml",
-            f"--labels {root}/labels.csv",
-            f"--background {root}/background.txt",
+            f"--classes {q(str(Path(root, 'classes.yaml')))}",
+            f"--labels {q(str(Path(root, 'labels.csv')))}",
+            f"--background {q(str(Path(root, 'background.txt')))}",
         ]
     elif kind == "custom":
         args += [
             f"--classes {DATA}/classes.yaml",
-            f"--labels {ds['labels']}",
+            f"--labels {q(ds['labels'])}",
             f"--background {DATA}/background.txt",
         ]
     if not ds["reference_quirks"]:
@@ -279,7 +280,7 @@ def model_args(variant):
             f"--checkpoint results/{DATASET}/{owner(variant, 'pretrain')}/clip/clip.pt"
         )
     if m["checkpoint"]:
-        return f"--checkpoint {m['checkpoint']}"
+        return f"--checkpoint {shlex.quote(m['checkpoint'])}"
     args = f"--model {m['name']} --pretrained {m['pretrained'] or 'none'} --model-seed {m['seed']}"
     return args + (f" --cache-dir {m['cache_dir']}" if m["cache_dir"] else "")
 
