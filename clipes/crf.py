@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from .io import IGNORE
 BGR_MEAN = (104.008, 116.669, 122.675)  # subtracted from B, G, R before the CRF

@@ -320,11 +320,14 @@ def load_init(model: MSC, path, log=print) -> str:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (pickles, truncated files)
         raise InitError(f"{path}: not a torch state dict ({type(e).__name__}: {e})") from None
+    own = isinstance(state, dict) and isinstance(state.get("model"), dict) and "config" in state
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not state:
         raise InitError(f"{path}: holds no state dict")
     fmt = detect_format(state)
+    if own and fmt.startswith("deeplab-pytorch checkpoint"):
+        fmt = "clipes checkpoint (deeplab-pytorch protocol, base.*)"
     if fmt == "unknown":
         raise InitError(f"{path}: unknown init format (first keys {list(state)[:4]}); expected "
                         f"deeplab-pytorch's converted init (layer1.conv1.conv.weight, ...), a "
@@ -334,7 +337,7 @@ def load_init(model: MSC, path, log=print) -> str:
         raise InitError(f"{path}: a checkpoint of segmentation.protocol 'torchvision' (keys "
                         f"backbone.*); it does not fit the deeplab-pytorch network: train with "
                         f"protocol 'torchvision' or give a deeplab-pytorch / ResNet init")
-    if fmt.startswith("deeplab-pytorch checkpoint"):
+    if "base.*" in fmt:
         state = OrderedDict((k[5:], v) for k, v in state.items() if k.startswith("base."))
     elif fmt == "torchvision ResNet":
         state = _torchvision_to_deeplab(state)

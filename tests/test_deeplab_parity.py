@@ -218,11 +218,14 @@ def test_coco_format_init_gives_the_same_backbone(model, tmp_path):
 
 
 def test_init_errors_name_the_file_and_format(tmp_path):
-    deep = deeplab.MSC(deeplab.DeepLabV2Caffe(21, (1, 1, 2, 1)))  # one block more than the file
+    a = arch()
+    blocks = list(a["n_blocks"])
+    blocks[2] += 1  # one res4 block more than the file holds
+    deep = deeplab.MSC(deeplab.DeepLabV2Caffe(a["n_classes"], blocks))
     with pytest.raises(deeplab.InitError) as e:
         deeplab.load_init(deep, GOLDEN / "init_coco_format.pth")
     assert "init_coco_format.pth" in str(e.value) and "converted init" in str(e.value)
-    assert "layer4.block2" in str(e.value)
+    assert f"layer4.block{blocks[2]}" in str(e.value)
     bad = tmp_path / "weird.pth"
     torch.save({"foo.weight": torch.zeros(2)}, bad)
     with pytest.raises(deeplab.InitError) as e:

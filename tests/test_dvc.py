@@ -4,17 +4,14 @@ the CAMs are left out by .dvcignore) and pushes them; a colleague clones, pulls,
 re-stamps, and has nothing left to compute, yet a config change still reruns its stage."""
 
 import hashlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO
 import workflow_helpers as helpers
 from workflow_helpers import SNAKEMAKE, TINY_DEMO
 

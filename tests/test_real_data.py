@@ -5,7 +5,6 @@ stand-ins) through every stage to the reports."""
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -50,7 +49,6 @@ def owners(cfg: dict, sections: tuple) -> set[str]:
 def project(tmp_path_factory):
     root = copy_project(tmp_path_factory.mktemp("fresh") / "clipes")
     assert (root / "config" / "config.yaml").is_file()  # the demo config is there to leak
-    readme = (REPO / "README.md").read_text()
     assert STANDINS in readme_commands("Trying the real-data path offline")
     shell(root, STANDINS)
     return root

@@ -246,3 +246,16 @@ def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):
     for (k, a), (_, b) in zip(again.state_dict().items(), clean.state_dict().items()):
         assert torch.equal(a, b), k
     assert len((tmp_path / "cut" / "train_log.csv").read_text().splitlines()) == 5
+
+
+def test_own_checkpoint_initialises_a_deeplab_protocol_training(tmp_path):
+    from clipes import deeplab
+
+    data = _data(tmp_path)
+    seg.train(_dl_cfg(iterations=1, workers=0), data, tmp_path / "first", log=lambda m: None)
+    net = deeplab.MSC(deeplab.DeepLabV2Caffe(3, (1, 1, 1, 1)))
+    fmt = deeplab.load_init(net, tmp_path / "first" / "model.pt", log=lambda m: None)
+    assert fmt.startswith("clipes checkpoint")
+    trained = seg.load_trained(tmp_path / "first" / "model.pt")
+    assert torch.equal(net.base.layer5.block1.reduce.conv.weight,
+                       trained.base.layer5.block1.reduce.conv.weight)

@@ -22,7 +22,8 @@ TINY_DEMO = {
     "cam": {"mode": "batched", "device": "cpu", "shards": 2},
     "crf": {"shards": 2, "threads": 1},
     "segmentation": {"backbone": "tiny", "init": None, "iterations": 6, "batch_size": 2,
-                     "crop": 48, "checkpoint_every": 3, "device": "cpu", "test_scales": [1.0]},
+                     "crop": 48, "checkpoint_every": 3, "device": "cpu", "test_scales": [1.0],
+                     "workers": 0},
     "variants": {"base": {}, "strict": {"crf": {"confidence": 0.99}},
                  "no_caa": {"cam": {"caa": False}, "segmentation": {"enabled": False}}},
 }
