@@ -3,7 +3,6 @@ import copy
 import re
 import shlex
 import yaml
-import sys
 import json
 import os
 from pathlib import Path
