@@ -39,14 +39,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import xml.etree.ElementTree as ET
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from . import io
-from .datasets import DatasetError, image_size_hw
+from .datasets import DatasetError, image_size_hw, read_voc_xml
 from .text import COCO14_CLASSES, VOC12_CLASSES
 
 VOC_TAR = "VOCtrainval_11-May-2012.tar (unpack it into data/: it holds VOCdevkit/VOC2012)"
@@ -97,12 +96,7 @@ def _write_ids(path: Path, ids) -> None:
 # ------------------------------------------------------------------------------- VOC12
 def voc_objects(xml: Path) -> list[str]:
     """Object class names of a VOC XML; an unparsable or object-less file is an error."""
-    try:
-        root = ET.parse(xml).getroot()
-    except FileNotFoundError:
-        raise DatasetError(f"annotation not found: {xml}; re-extract {VOC_TAR}") from None
-    except ET.ParseError as e:
-        raise DatasetError(f"cannot parse VOC annotation {xml}: {e}; re-extract {VOC_TAR}") from e
+    root = read_voc_xml(xml, fix=f"; re-extract {VOC_TAR}")
     names = [(o.findtext("name") or "").strip() for o in root.iter("object")]
     if not names:
         raise DatasetError(f"{xml} has no <object>: every official VOC2012 annotation has one, "
@@ -150,8 +144,8 @@ def _voc_mask_job(job) -> str | None:
                                f"but {image} is {hw[1]}x{hw[0]}; the file does not belong to "
                                f"image {iid}")
         if kind == "copy":
-            shutil.copyfile(src, dst.with_suffix(".tmp"))
-            os.replace(dst.with_suffix(".tmp"), dst)
+            with io.atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
         else:
             io.save_mask(dst, mask)
     except (DatasetError, ValueError) as e:

@@ -134,14 +134,20 @@ def read_split(path) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------------------- VOC12
+def read_voc_xml(xml_path: Path, fix: str = "") -> ET.Element:
+    """The root of a VOC XML; a missing or unparsable file is a DatasetError (``fix`` is
+    appended to the message)."""
+    try:
+        return ET.parse(xml_path).getroot()
+    except FileNotFoundError:
+        raise DatasetError(f"annotation not found: {xml_path}{fix}") from None
+    except ET.ParseError as e:
+        raise DatasetError(f"cannot parse VOC annotation {xml_path}: {e}{fix}") from e
+
+
 def voc_xml_labels(xml_path: Path, class_index: dict[str, int]):
     """(keys in document order without repeats, (H, W) from <size>) of a VOC XML."""
-    try:
-        root = ET.parse(xml_path).getroot()
-    except FileNotFoundError:
-        raise DatasetError(f"annotation not found: {xml_path}") from None
-    except ET.ParseError as e:
-        raise DatasetError(f"cannot parse VOC annotation {xml_path}: {e}") from e
+    root = read_voc_xml(xml_path)
     keys: list[int] = []
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()

@@ -32,15 +32,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from .crf import BGR_MEAN, dense_crf
 from .datasets import DatasetError
 from .io import IGNORE
 
-MEAN_BGR = (104.008, 116.669, 122.675)
+MEAN_BGR = BGR_MEAN  # the Caffe means, the same as the CRF stage's
 MSC_SCALES = (0.5, 0.75)
 ASPP_RATES = (6, 12, 18, 24)
 BLOCKS = {"resnet101": (3, 4, 23, 3), "resnet50": (3, 4, 6, 3), "tiny": (1, 1, 1, 1)}
-CRF_PARAMS = {"iterations": 10, "pos_w": 3, "pos_xy_std": 1, "bi_w": 4, "bi_xy_std": 67,
-              "bi_rgb_std": 3}  # deeplab-pytorch configs/voc12.yaml
 BN_EPS = 1e-5
 
 
@@ -231,27 +230,13 @@ def predict_probs(model: MSC, rgb: np.ndarray, device="cpu") -> torch.Tensor:
     return F.softmax(logits, dim=1)[0].cpu()
 
 
-def crf_refine(probs: np.ndarray, image: np.ndarray, p=CRF_PARAMS) -> np.ndarray:
-    """deeplab-pytorch's DenseCRF on (C, H, W) probabilities and an (H, W, 3) uint8 image
-    term; returns the refined (C, H, W) probabilities."""
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
-    c, h, w = probs.shape
-    d = dcrf.DenseCRF2D(w, h, c)
-    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    d.addPairwiseGaussian(sxy=p["pos_xy_std"], compat=p["pos_w"])
-    d.addPairwiseBilateral(sxy=p["bi_xy_std"], srgb=p["bi_rgb_std"],
-                           rgbim=np.ascontiguousarray(image), compat=p["bi_w"])
-    q = d.inference(p["iterations"])
-    return np.array(q).reshape((c, h, w))
-
-
 def predict_mask(model: MSC, rgb: np.ndarray, use_crf: bool = False, device="cpu") -> np.ndarray:
     probs = predict_probs(model, rgb, device)
     if use_crf:
         image = crf_image(preprocess(rgb))
-        return crf_refine(probs.numpy().astype(np.float32), image).argmax(0).astype(np.uint8)
+        # deeplab-pytorch's DenseCRF (configs/voc12.yaml) has the CRF stage's kernels and
+        # parameters: 10 iterations, Gaussian 1/3, bilateral 67/3/4
+        return dense_crf(image, probs.numpy().astype(np.float32)).argmax(0).astype(np.uint8)
     return probs.argmax(0).numpy().astype(np.uint8)
 
 
@@ -320,6 +305,11 @@ def load_init(model: MSC, path, log=print) -> str:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (pickles, truncated files)
         raise InitError(f"{path}: not a torch state dict ({type(e).__name__}: {e})") from None
+    return load_init_state(model, state, path, log)
+
+
+def load_init_state(model: MSC, state, path, log=print) -> str:
+    """:func:`load_init` for a state already in memory; ``path`` names it in messages."""
     own = isinstance(state, dict) and isinstance(state.get("model"), dict) and "config" in state
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]

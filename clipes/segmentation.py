@@ -114,6 +114,14 @@ class DeepLabV2(nn.Module):
         ]
 
 
+def imagenet_weights() -> dict:
+    """torchvision's ImageNet weights of the ResNets the protocols build, by backbone name."""
+    import torchvision
+
+    return {"resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
+            "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1}
+
+
 def init_backbone(model: DeepLabV2, init: str | None, log=print) -> str:
     """Initialise the backbone from a checkpoint path, torchvision's ImageNet weights
     ('imagenet', downloaded), or leave it random (loud warning). Returns what was used."""
@@ -124,10 +132,7 @@ def init_backbone(model: DeepLabV2, init: str | None, log=print) -> str:
                           "checkpoint)", stacklevel=2)
         return "random"
     if init == "imagenet":
-        import torchvision
-
-        weights = {"resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
-                   "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1}[model.backbone_name]
+        weights = imagenet_weights()[model.backbone_name]
         try:
             state = weights.get_state_dict(progress=False)
         except Exception as e:  # offline
@@ -417,28 +422,21 @@ def build_model(cfg: TrainConfig, log=print) -> tuple[nn.Module, str]:
 
 
 def _torchvision_imagenet_into_caffe(model, cfg, log) -> str:
-    import torchvision
-
     from . import deeplab
 
     blocks = tuple(cfg.blocks) if cfg.blocks else deeplab.BLOCKS[cfg.backbone]
-    weights = {deeplab.BLOCKS["resnet101"]: torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
-               deeplab.BLOCKS["resnet50"]: torchvision.models.ResNet50_Weights.IMAGENET1K_V1}
-    if blocks not in weights:
+    by_blocks = {deeplab.BLOCKS[name]: w for name, w in imagenet_weights().items()}
+    if blocks not in by_blocks:
         raise ValueError(f"segmentation.init 'imagenet': torchvision has no ResNet with blocks "
                          f"{blocks}; give an init file or init: null")
     try:
-        state = weights[blocks].get_state_dict(progress=False)
+        state = by_blocks[blocks].get_state_dict(progress=False)
     except Exception as e:  # noqa: BLE001 (offline)
         raise FileNotFoundError(
             f"segmentation.init 'imagenet': could not download torchvision's ImageNet ResNet "
             f"({type(e).__name__}: {e}); give an init file by path (deeplab-pytorch's "
             f"converted ImageNet or COCO init, or a torchvision ResNet state dict)") from None
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".pth") as f:
-        torch.save(state, f.name)
-        fmt = deeplab.load_init(model, f.name, log)
+    fmt = deeplab.load_init_state(model, state, "torchvision's ImageNet weights", log)
     return f"torchvision imagenet ({fmt}; not the paper's Caffe ImageNet init)"
 
 
@@ -518,7 +516,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
                 total += float(sub_loss.detach()) / cfg.iter_size
             scaler.step(opt)
             scaler.update()
-            loss = torch.tensor(total)
+            loss_value = total
             lr_now = opt.param_groups[0]["lr"]
             deeplab.poly_lr_step(opt, it + 1, cfg.iterations, cfg.poly_power)
         else:
@@ -538,8 +536,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            loss_value = float(loss.detach())
             lr_now = opt.param_groups[0]["lr"]
-        rows.append({"iteration": it + 1, "loss": float(loss.detach()), "lr": lr_now,
+        rows.append({"iteration": it + 1, "loss": loss_value, "lr": lr_now,
                      "seconds": time.time() - t0})
         done_here += 1
         n = it + 1
@@ -558,8 +557,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
             return model
     _write_log(log_path, rows)
     with atomic_path(out_dir / "model.pt", suffix=".pt") as tmp:
-        torch.save({"model": model.state_dict(), "config": asdict(cfg), "init": used,
-                    "init_info": describe_init(cfg, used)}, tmp)
+        torch.save({"model": model.state_dict(), "config": asdict(cfg), "init": used}, tmp)
     from .io import write_json
 
     write_json(out_dir / "train_info.json", describe_init(cfg, used))

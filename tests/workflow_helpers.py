@@ -112,6 +112,4 @@ def dry_run_jobs(cwd: Path, command: str) -> list[tuple[str, str]]:
         elif line.startswith("output:") and rule:
             jobs.append((rule, line.split()[1].rstrip(",")))
             rule = None
-        elif line.startswith("jobid:") and rule:  # a job without outputs (all)
-            pass
     return jobs
