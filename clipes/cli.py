@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -18,15 +19,19 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", type=Path,
                    help="split file: one id per line (COCO: '<id> <label> ...'); required for "
                         "voc12/coco14, optional for custom (default: every row of --labels)")
-    g.add_argument("--classes", type=Path,
+    g.add_argument("--classes",
                    help="custom: class list (YAML list of names or {name, synonyms}, or a text "
-                        "file 'name: synonym, synonym' per line)")
+                        "file 'name: synonym, synonym' per line), or the list itself as JSON")
     g.add_argument("--labels", type=Path, help="custom: CSV with columns image,labels (';'-separated)")
-    g.add_argument("--background", type=Path,
-                   help="custom: background words, one per line (default: the VOC12 set)")
+    g.add_argument("--background",
+                   help="custom: background words, one per line, or a JSON list (default: the "
+                        "VOC12 set)")
     g.add_argument("--no-reference-quirks", action="store_true",
                    help="fix the reference's quirks in class prompts and labels "
                         "(COCO 'sknowboard', repeated COCO labels)")
+    g.add_argument("--exif", choices=datasets.EXIF_POLICIES, default="ignore",
+                   help="EXIF orientation: ignore (reference: pixels as stored) or apply "
+                        "(turned as image viewers show them)")
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -40,6 +45,20 @@ def parse_shard(spec: str) -> tuple[int, int]:
         raise datasets.DatasetError(f"--shard {spec!r}: needs N >= 1 and 0 <= I < N (I/N: every "
                                     f"N-th image from the I-th, counting from 0)")
     return i, n
+
+
+def json_or_file(value, what: str):
+    """A file path (returned as a Path) or a JSON list given inline (returned parsed)."""
+    if value is None or isinstance(value, list):
+        return value
+    if Path(value).is_file():
+        return Path(value)
+    if str(value).lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise datasets.DatasetError(f"{what}: {value!r} is not a valid JSON list: {e}") from None
+    raise datasets.DatasetError(f"{what}: file not found: {value}")
 
 
 def read_class_list(path: Path) -> list:
@@ -68,13 +87,19 @@ def read_class_list(path: Path) -> list:
 
 def dataset_from_args(args, need_gt: bool = False) -> datasets.Dataset:
     reference = not args.no_reference_quirks
+    datasets.set_exif_policy(getattr(args, "exif", "ignore"))
     if args.dataset in ("custom", "synthetic"):
         if args.classes is None or args.labels is None:
             raise datasets.DatasetError("--dataset custom needs --classes and --labels")
         bg = None
         if args.background is not None:
-            bg = [w.strip() for w in args.background.read_text().splitlines() if w.strip()]
-        ds = datasets.load_custom(args.root, read_class_list(args.classes), args.labels,
+            bg = json_or_file(args.background, "--background")
+            if isinstance(bg, Path):
+                bg = [w.strip() for w in bg.read_text().splitlines() if w.strip()]
+        classes = json_or_file(args.classes, "--classes")
+        if isinstance(classes, Path):
+            classes = read_class_list(classes)
+        ds = datasets.load_custom(args.root, classes, args.labels,
                                   split=args.split, background=bg)
         ds.name = args.dataset
         return ds

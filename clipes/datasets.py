@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import text
+from .errors import DatasetError
+from .manifest import IMAGE_EXTS, coco_file as _coco_file, find_image as _find_image, read_split  # noqa: F401
 
 VOC12_DOWNLOAD = (
     "Download VOCtrainval_11-May-2012.tar from the PASCAL VOC 2012 site and "
@@ -31,8 +33,6 @@ COCO14_DOWNLOAD = (
     "ROOT/SegmentationClass (see README, 'Reproducing COCO14')")
 
 
-class DatasetError(ValueError):
-    """Bad or missing input; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Sample:
     keys: tuple[int, ...]  # class indices (0-based, no background), reference order
     orig_hw: tuple[int, int]  # size used for the outputs (H, W)
     gt: Path | None = None  # label PNG: 0 = background, k + 1 = class k, 255 = ignore
+    row: int = -1  # position among the split's rows, skipped ones included (shards)
 
 
 @dataclass
@@ -82,12 +83,38 @@ def to_8bit(im: Image.Image, path) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
 
 
+# EXIF orientation: 'ignore' (the reference: pixels as stored, as PIL and the authors'
+# code read them) or 'apply' (rotated as viewers show them). One policy per process, set
+# from the command line (cli.dataset_from_args, --exif).
+EXIF_POLICIES = ("ignore", "apply")
+_EXIF = {"policy": "ignore"}
+ORIENTATION_TAG = 0x0112
+SWAPS_AXES = (5, 6, 7, 8)  # orientations that turn the image by 90 degrees
+
+
+def set_exif_policy(policy: str) -> None:
+    if policy not in EXIF_POLICIES:
+        raise DatasetError(f"EXIF policy {policy!r}: expected one of {EXIF_POLICIES}")
+    _EXIF["policy"] = policy
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 = as stored) of an opened image."""
+    try:
+        return int(im.getexif().get(ORIENTATION_TAG, 1) or 1)
+    except Exception:  # a damaged EXIF block is no orientation
+        return 1
+
+
 def open_image(path: Path) -> Image.Image:
     """Open and fully decode an image; unreadable or truncated files raise DatasetError.
-    High bit-depth grey images are scaled to 8 bits (:func:`to_8bit`)."""
+    High bit-depth grey images are scaled to 8 bits (:func:`to_8bit`); with the 'apply'
+    EXIF policy the image is turned the way its orientation tag says."""
     try:
         im = Image.open(path)
         im.load()
+        if _EXIF["policy"] == "apply" and exif_orientation(im) != 1:
+            im = ImageOps.exif_transpose(im)
         return to_8bit(im, path)
     except FileNotFoundError:
         raise DatasetError(f"image not found: {path}") from None
@@ -97,9 +124,11 @@ def open_image(path: Path) -> Image.Image:
 
 
 def image_size_hw(path: Path) -> tuple[int, int]:
-    """(H, W) from the image header, without decoding."""
+    """(H, W) from the image header, without decoding (turned by the EXIF policy)."""
     try:
         with Image.open(path) as im:
+            if _EXIF["policy"] == "apply" and exif_orientation(im) in SWAPS_AXES:
+                return im.width, im.height
             return im.height, im.width
     except FileNotFoundError:
         raise DatasetError(f"image not found: {path}") from None
@@ -119,18 +148,6 @@ def _ground_truth(path: Path, required: bool) -> Path | None:
     if required:
         raise DatasetError(f"ground-truth mask not found: {path}")
     return None
-
-
-def read_split(path) -> list[list[str]]:
-    """Non-empty lines of a split file, split on white space."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"split file not found: {path}")
-    rows = [ln.split() for ln in path.read_text().splitlines()]
-    rows = [r for r in rows if r and not r[0].startswith("#")]
-    if not rows:
-        raise DatasetError(f"split file {path} lists no images")
-    return rows
 
 
 # ------------------------------------------------------------------------------- VOC12
@@ -174,7 +191,7 @@ def load_voc12(root, split, check_sizes: bool = True, need_gt: bool = False,
     classes = text.dataset_classes("voc12", reference)
     index = {c.name: i for i, c in enumerate(classes)}
     samples, skipped = [], []
-    for row in read_split(split):
+    for r, row in enumerate(read_split(split)):
         iid = row[0]
         xml = root / "Annotations" / f"{iid}.xml"
         keys, hw = voc_xml_labels(xml, index)
@@ -190,24 +207,11 @@ def load_voc12(root, split, check_sizes: bool = True, need_gt: bool = False,
         if not keys:
             skipped.append({"id": iid, "reason": f"no object in {xml}"})
             continue
-        samples.append(Sample(iid, img, tuple(keys), hw, gt))
+        samples.append(Sample(iid, img, tuple(keys), hw, gt, r))
     return Dataset("voc12", root, classes, text.VOC12_BACKGROUND, samples, skipped)
 
 
 # ------------------------------------------------------------------------------ COCO14
-def _coco_file(root: Path, sub: str, iid: str, ext: str) -> Path:
-    """ROOT/SUB/<id>.ext, or ROOT/SUB/{train2014,val2014}/<id>.ext as COCO ships it."""
-    flat = root / sub / f"{iid}{ext}"
-    if flat.is_file():
-        return flat
-    for part in ("train2014", "val2014"):
-        if part in iid:
-            nested = root / sub / part / f"{iid}{ext}"
-            if nested.is_file():
-                return nested
-    return flat
-
-
 def load_coco14(root, split, need_gt: bool = False, reference: bool = True) -> Dataset:
     root = Path(root)
     _require_dir(root / "JPEGImages", "images", COCO14_DOWNLOAD)
@@ -215,7 +219,7 @@ def load_coco14(root, split, need_gt: bool = False, reference: bool = True) -> D
         _require_dir(root / "SegmentationClass", "ground-truth masks", COCO14_DOWNLOAD)
     classes = text.dataset_classes("coco14", reference)
     samples, skipped = [], []
-    for row in read_split(split):
+    for r, row in enumerate(read_split(split)):
         iid = row[0]
         try:
             labels = [int(v) for v in row[1:]]
@@ -234,14 +238,11 @@ def load_coco14(root, split, need_gt: bool = False, reference: bool = True) -> D
         if not labels:
             skipped.append({"id": iid, "reason": f"no label on its line in {split}"})
             continue
-        samples.append(Sample(iid, img, tuple(labels), image_size_hw(img), gt))
+        samples.append(Sample(iid, img, tuple(labels), image_size_hw(img), gt, r))
     return Dataset("coco14", root, classes, text.COCO14_BACKGROUND, samples, skipped)
 
 
 # ------------------------------------------------------------------------------ custom
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
 def load_custom(root, classes: list, labels_csv, split=None, images_dir="images",
                 masks_dir: str | None = "masks", background: list[str] | None = None) -> Dataset:
     """A user's dataset: ROOT/images/<id>.<ext>, a class list (names, or {name, synonyms}),
@@ -259,6 +260,7 @@ def load_custom(root, classes: list, labels_csv, split=None, images_dir="images"
     keep = {r[0] for r in read_split(split)} if split else None
     samples, skipped = [], []
     seen: dict[str, int] = {}
+    n_rows = 0
     with labels_csv.open(newline="", encoding="utf-8-sig") as f:  # a BOM (Excel) is dropped
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"image", "labels"} <= set(reader.fieldnames):
@@ -273,6 +275,8 @@ def load_custom(root, classes: list, labels_csv, split=None, images_dir="images"
             seen[iid] = line
             if keep is not None and iid not in keep:
                 continue
+            r = n_rows
+            n_rows += 1
             names = [n.strip() for n in (row["labels"] or "").split(";") if n.strip()]
             unknown = [n for n in names if n not in index]
             if unknown:
@@ -285,22 +289,11 @@ def load_custom(root, classes: list, labels_csv, split=None, images_dir="images"
             if not keys:
                 skipped.append({"id": iid, "reason": f"empty label list in {labels_csv}:{line}"})
                 continue
-            samples.append(Sample(iid, img, tuple(keys), image_size_hw(img), gt))
+            samples.append(Sample(iid, img, tuple(keys), image_size_hw(img), gt, r))
     if not samples and not skipped:
         raise DatasetError(f"{labels_csv}: no image rows")
     bg = tuple(background) if background is not None else text.VOC12_BACKGROUND
     return Dataset("custom", root, specs, bg, samples, skipped)
-
-
-def _find_image(folder: Path, name: str) -> Path:
-    p = folder / name
-    if p.is_file():
-        return p
-    for ext in IMAGE_EXTS:
-        q = folder / f"{Path(name).stem}{ext}"
-        if q.is_file():
-            return q
-    raise DatasetError(f"image {name!r} not found in {folder} (tried {IMAGE_EXTS})")
 
 
 def load(name: str, root, split, **kw) -> Dataset:
@@ -316,20 +309,26 @@ def load(name: str, root, split, **kw) -> Dataset:
     raise DatasetError(f"unknown dataset kind {name!r}: expected voc12, coco14 or custom")
 
 
-def group_by_input_size(samples: list[Sample], patch: int = 16) -> dict:
+def group_by_input_size(samples: list[Sample], patch: int = 16,
+                        max_side: int | None = None) -> dict:
     """Samples keyed by their model input size (h, w), in first-seen order."""
     from .cam import input_size
 
     groups: dict[tuple[int, int], list[Sample]] = {}
     for s in samples:
-        groups.setdefault(input_size(s.orig_hw, patch), []).append(s)
+        groups.setdefault(input_size(s.orig_hw, patch, max_side), []).append(s)
     return groups
 
 
 def shard(samples: list, index: int, count: int) -> list:
-    """Every count-th sample starting at index (0-based): stable, balanced shards."""
+    """The samples of shard ``index`` of ``count``: those whose split row is index modulo
+    count (skipped rows count too, so a change of one row's labels moves no other image
+    between shards; :mod:`clipes.manifest` digests shards the same way). Samples without a
+    row number: every count-th from index."""
     if not 0 <= index < count:
         raise ValueError(f"shard index {index} outside 0..{count - 1}")
+    if samples and all(getattr(s, "row", -1) >= 0 for s in samples):
+        return [s for s in samples if s.row % count == index]
     return samples[index::count]
 
 
@@ -349,6 +348,48 @@ def load_gt(sample: Sample, expect_hw: tuple[int, int] | None = None,
                                f"ignore): a colour-palette or 16-bit mask, or another dataset's")
     hw = expect_hw or sample.orig_hw
     if gt.shape != tuple(hw):
+        hint = f"the mask does not belong to {sample.image}"
+        if gt.shape == tuple(hw)[::-1]:
+            with Image.open(sample.image) as im:
+                o = exif_orientation(im)
+            if o in SWAPS_AXES:
+                hint = (f"{sample.image} has EXIF orientation {o} (turned by 90 degrees) and "
+                        f"the mask follows the turned image: set dataset.exif: apply "
+                        f"(--exif apply)")
         raise DatasetError(f"{sample.gt} is {gt.shape[1]}x{gt.shape[0]} but the image is "
-                           f"{hw[1]}x{hw[0]}; the mask does not belong to {sample.image}")
+                           f"{hw[1]}x{hw[0]}; {hint}")
     return gt
+
+
+def damaged(path: Path) -> str | None:
+    """Why an image file is damaged (truncated JPEG or PNG, unreadable), or None. JPEG and
+    PNG are checked by their structure without decoding: a JPEG's end-of-image marker
+    must follow its last scan, a PNG must end with its IEND chunk; other formats are
+    decoded."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return f"cannot read: {e.strerror}"
+    if data[:2] == b"\xff\xd8":
+        # 0xFF inside entropy-coded data is always stuffed, so FFD9 after the last scan
+        # header (FFDA) is the real end of the image, not a thumbnail's
+        return None if data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0 else (
+            "truncated JPEG (no end-of-image marker after the last scan)")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return None if b"IEND" in data[-64:] else "truncated PNG (no IEND chunk)"
+    try:
+        with open_image(path):
+            return None
+    except DatasetError as e:
+        return str(e)
+
+
+def check_damaged(samples: list[Sample], where: str, source: str) -> None:
+    """Every damaged image file of ``samples`` named in one error (see :func:`damaged`)."""
+    bad = [(s.image, why) for s in samples if (why := damaged(s.image))]
+    if bad:
+        listed = "; ".join(f"{p}: {why}" for p, why in bad[:5])
+        raise DatasetError(
+            f"{len(bad)} damaged image file(s) in {where} ({listed}"
+            f"{' ...' if len(bad) > 5 else ''}): download them again, or remove their rows "
+            f"from {source}")

@@ -202,8 +202,10 @@ def quality_table(evals: dict[str, dict | None]) -> list[dict]:
     rows = []
     for label, key in QUALITY_STAGES:
         ev = evals.get(key)
-        row = {"stage": label, "key": key, "available": ev is not None}
-        if ev is not None:
+        row = {"stage": label, "key": key, "available": miou_of(ev) is not None}
+        if ev is not None and miou_of(ev) is None:
+            row["note"] = ev.get("note", "not scored")
+        elif ev is not None:
             base = ev["at_chosen"] if "at_chosen" in ev else ev
             row.update(mIoU=100 * base["mIoU"], pixel_acc=100 * base["pixel_acc"],
                        n_images=ev.get("n_images"), coverage=ev.get("coverage"))
@@ -213,12 +215,15 @@ def quality_table(evals: dict[str, dict | None]) -> list[dict]:
                                + ", ".join(f"p={p}: {100 * v:.2f}" for p, v in ev["by_power"].items()))
             elif ev.get("coverage") is not None and ev["coverage"] < 1:
                 row["note"] = f"confident pixels only ({100 * ev['coverage']:.1f}% of the labelled pixels)"
+            if ev.get("n_without_gt"):
+                row["note"] = (row.get("note", "") + f"; {ev['n_without_gt']} images without "
+                               f"a ground-truth mask left out").lstrip("; ")
         rows.append(row)
     return rows
 
 
 def per_class_table(ev: dict | None, class_names: list[str]) -> pd.DataFrame | None:
-    if ev is None:
+    if miou_of(ev) is None:
         return None
     base = ev["at_chosen"] if "at_chosen" in ev else ev
     ious = base["class_iou"]

@@ -40,12 +40,19 @@ def parse_args(argv=None):
                    help="improvement: boxes may include the last patch row/column")
     g.add_argument("--batch-size", type=int, default=1,
                    help="batched: images of one size per pass (>1 pays off on GPUs)")
+    g.add_argument("--max-side", type=int,
+                   help="scale images whose long side exceeds this down to it before the "
+                        "model (default: every image at its own size, the reference); CAMs "
+                        "are still written at the image size")
     g.add_argument("--autocast", choices=["fp16", "bf16"], help="CUDA mixed precision")
     g.add_argument("--no-fast-grad", action="store_true",
                    help="batched: use autograd instead of the hand-written Grad-CAM backward")
     r = p.add_argument_group("run")
     r.add_argument("--shard", default="0/1", help="I/N: process every N-th image from the I-th")
     r.add_argument("--resume", action="store_true", help="keep archives that already exist")
+    r.add_argument("--memory-mb", type=float,
+                   help="memory this run may use: images whose CAMs need more are refused up "
+                        "front, naming them (the workflow passes the rule's mem_mb)")
     r.add_argument("--keep-plain", action="store_true",
                    help="also store the Grad-CAM before CAA (cams_plain) for the 'initial CAM' mIoU")
     r.add_argument("--template-table", type=Path,
@@ -62,6 +69,9 @@ def main(argv=None):
     ds = cli.dataset_from_args(args)
     cli.write_skips(args.skips, ds.skipped)
     samples = datasets.shard(ds.samples, *cli.parse_shard(args.shard))
+    datasets.check_damaged(samples, f"shard {args.shard}", "the split or label table")
+    if args.memory_mb is not None:
+        cam.check_memory(samples, args.memory_mb, args.max_side)
     clip = cli.load_model(args)
     device = cli.resolve_device(args.device)
     template = args.template
@@ -76,7 +86,8 @@ def main(argv=None):
         use_caa=not args.no_caa, use_background=not args.no_background,
         use_softmax=not args.no_softmax, clip_box_border=not args.no_box_border_clip,
         batch_size=args.batch_size, autocast=args.autocast, dump=args.dump_intermediates,
-        keep_plain=args.keep_plain, fast_grad=not args.no_fast_grad)
+        keep_plain=args.keep_plain, fast_grad=not args.no_fast_grad,
+        max_side=args.max_side)
     engine = cam.CamEngine(clip, fg, bg, cfg, device)
     records = cam.run_dataset(engine, samples, args.out, resume=args.resume,
                               dump=args.dump_intermediates)

@@ -84,6 +84,7 @@ def main(argv=None):
     args = parse_args(argv)
     ds = cli.dataset_from_args(args)
     samples = datasets.shard(ds.samples, *cli.parse_shard(args.shard))
+    datasets.check_damaged(samples, f"shard {args.shard}", "the split or label table")
     params = crf.CrfParams(iterations=args.iterations, bg_power=args.bg_power,
                            confidence=args.confidence, image_input=args.image_input)
     args.out.mkdir(parents=True, exist_ok=True)

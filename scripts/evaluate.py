@@ -35,27 +35,32 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    ds = cli.dataset_from_args(args, need_gt=True)
-    missing = [s.id for s in ds.samples if s.gt is None]
-    if missing:
+    ds = cli.dataset_from_args(args)  # masks are optional image by image
+    scored = [s for s in ds.samples if s.gt is not None]
+    what = args.cam_key if args.cams is not None else "masks"
+    if not scored and ds.name in ("voc12", "coco14"):
         raise cli.datasets.DatasetError(
-            f"no ground-truth mask for {len(missing)} images (first: {missing[0]}); "
-            f"evaluation needs masks for every image of the split")
+            f"no ground-truth mask for any of the {len(ds.samples)} images of {args.split} "
+            f"under {args.root}: the converted layout keeps them in SegmentationClassAug/ "
+            f"(VOC12) or SegmentationClass/ (COCO14); see the README, 'Reproducing VOC12'")
     powers = [int(p) if float(p).is_integer() else p for p in args.powers]
-    if args.cams is not None:
-        res = metrics.evaluate_cam_dir(ds.samples, args.cams, ds.n_classes, powers, args.cam_key)
-        res["what"] = args.cam_key
-        head = res["at_chosen"]["mIoU"]
+    if not scored:
+        res = {"what": what, "mIoU": None, "n_images": 0,
+               "note": "no ground-truth masks: nothing to score"}
+    elif args.cams is not None:
+        res = metrics.evaluate_cam_dir(scored, args.cams, ds.n_classes, powers, args.cam_key)
     else:
-        res = metrics.evaluate_mask_dir(ds.samples, args.masks, ds.n_classes)
-        res["what"] = "masks"
-        head = res["mIoU"]
+        res = metrics.evaluate_mask_dir(scored, args.masks, ds.n_classes)
+    res["what"] = what
+    res["n_without_gt"] = len(ds.samples) - len(scored)
     res["dataset"] = ds.name
     res["class_names"] = ds.class_names
     res["skipped"] = ds.skipped
     io.write_json(args.out, res)
-    print(f"mIoU {100 * head:.2f} ({res['what']}, {len(ds.samples)} images) -> {args.out}",
-          file=sys.stderr)
+    head = res["at_chosen"]["mIoU"] if "at_chosen" in res else res["mIoU"]
+    without = f", {res['n_without_gt']} without a mask left out" if res["n_without_gt"] else ""
+    score = "no mIoU" if head is None else f"mIoU {100 * head:.2f}"
+    print(f"{score} ({what}, {len(scored)} images{without}) -> {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

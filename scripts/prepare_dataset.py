@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipes import cli, datasets, io, synthetic  # noqa: E402
+from clipes import cam, cli, datasets, io, synthetic  # noqa: E402
+from clipes import manifest as data_manifest  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,6 +32,14 @@ def parse_args(argv=None):
     p.add_argument("--labels", type=Path, help="custom: CSV image,labels")
     p.add_argument("--background", help="custom: JSON list of words, or a file (default VOC12 set)")
     p.add_argument("--no-reference-quirks", action="store_true")
+    p.add_argument("--exif", choices=datasets.EXIF_POLICIES, default="ignore",
+                   help="EXIF orientation policy of the stages (see --help of cams.py)")
+    p.add_argument("--cam-memory-mb", type=float,
+                   help="memory the CAM stage may use: images whose CAMs need more are "
+                        "listed and refused here, before any stage runs")
+    p.add_argument("--max-side", type=int,
+                   help="the CAM stage's cam.max_side (largest over the variants; none: "
+                        "images at their own size, as the reference)")
     p.add_argument("--conversion", type=Path,
                    help="convert.json of the conversion from the official downloads, kept "
                         "in dataset.json (what came from where)")
@@ -41,22 +50,38 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _json_or_file(value, what):
-    if value is None:
-        return None
-    if Path(value).is_file():
-        return Path(value)
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        raise datasets.DatasetError(f"{what}: {value!r} is neither a file nor a JSON list") from None
+def check_images(ds, split_name, args) -> None:
+    """Damaged image files and images too large for the CAM stage, all named at once,
+    before any stage runs (a shard would otherwise fail after hours of work)."""
+    datasets.check_damaged(ds.samples, f"the {split_name} split",
+                           "the split file" if ds.name in ("voc12", "coco14") else "the label table")
+    if split_name == "train" and args.cam_memory_mb is not None:
+        cam.check_memory(ds.samples, args.cam_memory_mb, args.max_side)
+
+
+def exif_turned(ds, policy: str) -> dict:
+    """Images whose EXIF orientation turns them, counted (the policy says what happens)."""
+    from PIL import Image
+
+    ids = []
+    for s in ds.samples:
+        if s.image.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff", ".webp"):
+            with Image.open(s.image) as im:
+                if datasets.exif_orientation(im) != 1:
+                    ids.append(s.id)
+    if ids and policy == "ignore":
+        print(f"warning: {len(ids)} image(s) carry an EXIF orientation (first: {ids[0]}); "
+              f"they are read as stored (dataset.exif: ignore, the reference). If the masks "
+              f"follow the turned images, set dataset.exif: apply", file=sys.stderr)
+    return {"count": len(ids), "first": ids[:10], "policy": policy}
 
 
 def main(argv=None):
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     ns = argparse.Namespace(dataset=args.kind, root=args.root, classes=None, labels=args.labels,
-                            background=None, no_reference_quirks=args.no_reference_quirks)
+                            background=None, no_reference_quirks=args.no_reference_quirks,
+                            exif=args.exif)
     if args.kind == "synthetic":
         root = synthetic.generate(args.out / "synthetic", args.seed, args.n_train, args.n_val)
         ns.root, ns.labels = root, root / "labels.csv"
@@ -65,36 +90,36 @@ def main(argv=None):
     else:
         splits = {"train": args.train_split, "val": args.val_split}
     if args.kind == "custom":
-        classes = _json_or_file(args.classes, "--classes")
-        if classes is None:
+        if args.classes is None:
             raise datasets.DatasetError("custom datasets need dataset.classes")
-        if isinstance(classes, Path):
-            classes = cli.read_class_list(classes)
-        import yaml
-
-        io.write_text(args.out / "classes.yaml", yaml.safe_dump(classes, sort_keys=False))
-        bg = _json_or_file(args.background, "--background")
-        if isinstance(bg, Path):
-            bg = [w.strip() for w in bg.read_text().splitlines() if w.strip()]
-        from clipes.text import VOC12_BACKGROUND
-
-        io.write_text(args.out / "background.txt", "\n".join(bg or VOC12_BACKGROUND) + "\n")
-        ns.classes, ns.background = args.out / "classes.yaml", args.out / "background.txt"
+        ns.classes, ns.background = args.classes, args.background
     manifest = {"kind": args.kind, "root": str(ns.root), "splits": {}}
     if args.conversion is not None:
         manifest["conversion"] = json.loads(args.conversion.read_text())
+    entries = {}
     for name, split in splits.items():
         if split is None and not (name == "train" and args.kind == "custom"):
             continue  # custom train without a split file: every row of the label table
         ns.split = split
-        ds = cli.dataset_from_args(ns, need_gt=(name == "val"))
+        ds = cli.dataset_from_args(ns)
+        check_images(ds, name, args)
         manifest["class_names"] = ds.class_names
         manifest["splits"][name] = {
             "file": str(split), "n_images": len(ds.samples),
             "n_with_gt": sum(s.gt is not None for s in ds.samples),
             "skipped": ds.skipped,
+            "exif_turned": exif_turned(ds, args.exif),
         }
         cli.write_skips(None, ds.skipped)
+        entries[name] = data_manifest.entries("custom" if args.kind == "synthetic" else args.kind,
+                                              ns.root, split, ns.labels)
+    if not any(v["n_images"] for v in manifest["splits"].values()):
+        raise datasets.DatasetError(
+            f"no image of {args.kind} dataset {ns.root} has a label: every label list is empty "
+            f"({sum(len(v['skipped']) for v in manifest['splits'].values())} rows skipped); "
+            f"give each image at least one class")
+    data_manifest.write_manifest(args.out / "manifest.tsv", entries, data_manifest.HashCache(),
+                                 ns.root)
     io.write_json(args.out / "dataset.json", manifest)
     print(" ".join(f"{k}: {v['n_images']} images" for k, v in manifest["splits"].items()),
           file=sys.stderr)

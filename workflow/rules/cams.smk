@@ -4,7 +4,7 @@
 rule cams:
     input:
         code=code("cams"),
-        dataset=f"{DATA}/dataset.json",
+        dataset=dataset_json(),
         model=lambda w: model_input(w.variant),
         prompts=lambda w: prompt_table(w.variant),
     output:
@@ -21,6 +21,9 @@ rule cams:
         mem_mb=res("cams", "mem_mb"),
         runtime=res("cams", "runtime"),
     params:
+        digest=lambda w: data_digest(
+            "train", shard=(int(w.shard), vcfg(w.variant)["cam"]["shards"])
+        ),
         script=script("cams"),
         data=dataset_args("train"),
         model=lambda w: model_args(w.variant),
@@ -28,14 +31,14 @@ rule cams:
         n=lambda w: vcfg(w.variant)["cam"]["shards"],
     shell:
         "{params.script} {params.data} {params.model} {params.method} "
-        "--shard {wildcards.shard}/{params.n} --out {output} "
+        "--shard {wildcards.shard}/{params.n} --memory-mb {resources.mem_mb} --out {output} "
         "--records {output}/records.tsv --skips {output}/skipped.json > {log} 2>&1"
 
 
 rule eval_cams:
     input:
         code=code("evaluate"),
-        dataset=f"{DATA}/dataset.json",
+        dataset=dataset_json(),
         cams=lambda w: cam_shards(w.variant),
     output:
         refined=report(
@@ -62,6 +65,7 @@ rule eval_cams:
         mem_mb=res("eval_cams", "mem_mb"),
         runtime=res("eval_cams", "runtime"),
     params:
+        digest=lambda w: data_digest("train", gt=True),
         script=script("evaluate"),
         data=dataset_args("train"),
         powers=lambda w: " ".join(map(str, vcfg(w.variant)["cam"]["bg_powers"])),

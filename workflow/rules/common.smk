@@ -5,11 +5,18 @@ import shlex
 import yaml
 import json
 import os
+import sys
+from functools import cache
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
+
+# the package beside this workflow; the modules imported here use the standard library only
+sys.path.insert(0, str(Path(str(workflow.current_basedir)).resolve().parents[1]))
+from clipes import manifest as data_manifest
+from clipes.locks import stale_lock
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 
@@ -185,6 +192,21 @@ def check_dataset_root():
 
 
 check_dataset_root()
+
+
+def check_model_files():
+    """A CLIP checkpoint path that does not exist is an error now, not a hub download."""
+    for name, v in VARIANTS.items():
+        ckpt = v["model"]["checkpoint"]
+        if ckpt and not v["model"]["pretrain"]["enabled"] and not Path(ckpt).is_file():
+            raise WorkflowError(
+                f"model.checkpoint {ckpt!r} (variant {name!r}) does not exist: give the path "
+                f"of an OpenAI-format CLIP file such as ViT-B-16.pt, or unset model.checkpoint "
+                f"to have open_clip download model.name with model.pretrained"
+            )
+
+
+check_model_files()
 LAYOUT = dataset_layout()
 CONVERTED = f"{DATA}/converted"
 if config["dataset"]["kind"] in CONVERTED_MARKER:
@@ -219,12 +241,101 @@ def hint_pulled_results():
 hint_pulled_results()
 
 
+def hint_stale_lock():
+    """After a killed snakemake, its lock stays: say exactly what to type (README, 'When a
+    run is interrupted')."""
+    if workflow.is_main_process and stale_lock():
+        logger.warning(
+            "A lock from an interrupted snakemake remains in .snakemake/locks. If no other "
+            "snakemake works on this folder (on any machine), type 'snakemake --unlock' "
+            "with the same options as your run, then your command again: half-written "
+            "outputs are redone (profiles/default sets rerun-incomplete), finished ones kept."
+        )
+
+
+hint_stale_lock()
+
+
 def dataset_root():
     """The folder the stages read: generated, converted from the downloads, or root."""
     ds = config["dataset"]
     if ds["kind"] == "synthetic":
         return f"{DATA}/synthetic"
     return CONVERTED if LAYOUT == "official" else ds["root"]
+
+
+# ---------------------------------------------------------------- dataset digests
+# Each job that reads dataset files has, among its params, a digest of exactly those files
+# (clipes/manifest.py): an edited image, label or mask reruns the jobs that read it and
+# nothing else; a file touched without a change reruns nothing. Content hashes are cached
+# by (size, mtime, ctime) in .snakemake/clipes/. Datasets the workflow makes itself
+# (synthetic, converted from the official downloads) are followed through dataset.json:
+# a changed download reruns the conversion (its params hold the downloads' digest) and
+# everything after it.
+
+TRACKED = DATASET_KIND == "custom" or (
+    DATASET_KIND in CONVERTED_MARKER and LAYOUT == "converted"
+)
+HASHES = data_manifest.HashCache.load(f".snakemake/clipes/hashes-{DATASET}.json")
+
+
+@cache
+def split_entries(which):
+    ds = config["dataset"]
+    try:
+        return data_manifest.entries(
+            DATASET_KIND, dataset_root(), split_path(which), ds["labels"]
+        )
+    except (data_manifest.DatasetError, OSError) as e:
+        return str(e)  # prepare_dataset reports it, with the file and the fix
+
+
+def config_files_digest():
+    """Class list and background words given as files (custom datasets)."""
+    ds = config["dataset"]
+    parts = []
+    for key in ("classes", "background"):
+        value = ds.get(key)
+        parts.append(json.dumps(value))
+        if isinstance(value, str) and Path(value).is_file():
+            parts.append(HASHES.digest(Path(value)))
+    return ",".join(parts)
+
+
+def data_digest(which="train", gt=False, shard=None):
+    """Digest of the files of split `which` a job reads (one shard (i, n) of it)."""
+    if not TRACKED or split_path(which) is None:
+        return ""
+    rows = split_entries(which)
+    if isinstance(rows, str):
+        return f"unreadable: {rows}"
+    value = data_manifest.digest(rows, HASHES, gt, shard, extra=config_files_digest())
+    HASHES.save()
+    return value
+
+
+def dataset_json():
+    """dataset.json as a stage's input, where the workflow makes the dataset (synthetic,
+    converted). A dataset the user keeps is followed file by file (the digests above) and
+    each stage checks what it reads up front; dataset.json is then an input of the report
+    only: as a stage's input, a change of one image would rerun every stage."""
+    return [] if TRACKED else [f"{DATA}/dataset.json"]
+
+
+def downloads_stamp():
+    """Sizes and times of every file of the official downloads the conversion reads."""
+    ds = config["dataset"]
+    folders = [ds["root"]] + [ds[k] for k in ("sbd", "aug_masks") if ds.get(k)]
+    return data_manifest.tree_stamp([f for f in folders if Path(f).is_dir()])
+
+
+def source_digest():
+    """The digest prepare_dataset (or the conversion) reruns on."""
+    if TRACKED:
+        return ";".join(
+            data_digest(w, gt=True) for w in ("train", "val") if split_path(w)
+        )
+    return ""
 
 
 def conversion_output():
@@ -262,14 +373,21 @@ def dataset_args(which="train"):
             f"--background {q(str(Path(root, 'background.txt')))}",
         ]
     elif kind == "custom":
-        args += [
-            f"--classes {DATA}/classes.yaml",
-            f"--labels {q(ds['labels'])}",
-            f"--background {DATA}/background.txt",
-        ]
+        args += [custom_list_arg("classes"), f"--labels {q(ds['labels'])}"]
+        if ds["background"] is not None:
+            args.append(custom_list_arg("background"))
     if not ds["reference_quirks"]:
         args.append("--no-reference-quirks")
+    if ds["exif"] != "ignore":
+        args.append(f"--exif {ds['exif']}")
     return " ".join(args)
+
+
+def custom_list_arg(key):
+    """--classes / --background: the config's file, or its inline list as JSON."""
+    value = config["dataset"][key]
+    value = value if isinstance(value, str) else json.dumps(value)
+    return f"--{key} {shlex.quote(value)}"
 
 
 def model_args(variant):
@@ -455,6 +573,10 @@ def prepare_args():
             args + [f"--seed {s['seed']} --n-train {s['n_train']} --n-val {s['n_val']}"]
         )
     args.append(f"--root {shlex.quote(dataset_root())}")
+    args.append(f"--cam-memory-mb {res('cams', 'mem_mb')}")
+    sides = [v["cam"]["max_side"] for v in VARIANTS.values()]
+    if None not in sides:
+        args.append(f"--max-side {max(sides)}")
     if LAYOUT == "official":
         args.append(f"--conversion {CONVERTED}/convert.json")
     if split_path("train"):
@@ -470,6 +592,8 @@ def prepare_args():
         args.append(f"--labels {shlex.quote(ds['labels'])}")
     if not ds["reference_quirks"]:
         args.append("--no-reference-quirks")
+    if ds["exif"] != "ignore":
+        args.append(f"--exif {ds['exif']}")
     return " ".join(args)
 
 
@@ -510,6 +634,8 @@ def cam_args(variant):
         args.append(f"--autocast {c['autocast']}")
     if c["box_threshold"] is not None:
         args.append(f"--box-threshold {c['box_threshold']}")
+    if c["max_side"] is not None:
+        args.append(f"--max-side {c['max_side']}")
     for key, flag in (
         ("caa", "--no-caa"),
         ("background", "--no-background"),

@@ -4,7 +4,7 @@
 rule crf:
     input:
         code=code("crf"),
-        dataset=f"{DATA}/dataset.json",
+        dataset=dataset_json(),
         cams=lambda w: cam_shards(w.variant),
     output:
         masks=directory("results/{dataset}/{variant}/pseudo_masks/shard{shard}"),
@@ -21,6 +21,9 @@ rule crf:
         mem_mb=res("crf", "mem_mb"),
         runtime=res("crf", "runtime"),
     params:
+        digest=lambda w: data_digest(
+            "train", shard=(int(w.shard), vcfg(w.variant)["crf"]["shards"])
+        ),
         script=script("crf"),
         data=dataset_args("train"),
         method=lambda w: crf_args(w.variant),
@@ -34,7 +37,7 @@ rule crf:
 rule eval_pseudo_masks:
     input:
         code=code("evaluate"),
-        dataset=f"{DATA}/dataset.json",
+        dataset=dataset_json(),
         masks=lambda w: crf_shards(w.variant),
     output:
         report(
@@ -54,6 +57,7 @@ rule eval_pseudo_masks:
         mem_mb=res("eval_pseudo_masks", "mem_mb"),
         runtime=res("eval_pseudo_masks", "runtime"),
     params:
+        digest=lambda w: data_digest("train", gt=True),
         script=script("evaluate"),
         data=dataset_args("train"),
     shell:
@@ -63,7 +67,7 @@ rule eval_pseudo_masks:
 rule eval_crf_labels:
     input:
         code=code("evaluate"),
-        dataset=f"{DATA}/dataset.json",
+        dataset=dataset_json(),
         labels=lambda w: crf_shards(w.variant, "crf_labels"),
     output:
         report(
@@ -83,6 +87,7 @@ rule eval_crf_labels:
         mem_mb=res("eval_crf_labels", "mem_mb"),
         runtime=res("eval_crf_labels", "runtime"),
     params:
+        digest=lambda w: data_digest("train", gt=True),
         script=script("evaluate"),
         data=dataset_args("train"),
     shell:

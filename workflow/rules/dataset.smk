@@ -6,7 +6,8 @@ rule prepare_dataset:
         code=code("prepare_dataset"),
         conversion=conversion_output(),
     output:
-        "results/{dataset}/data/dataset.json",
+        json="results/{dataset}/data/dataset.json",
+        manifest="results/{dataset}/data/manifest.tsv",
     log:
         "results/{dataset}/logs/prepare_dataset.log",
     benchmark:
@@ -20,6 +21,7 @@ rule prepare_dataset:
         script=script("prepare_dataset"),
         args=prepare_args(),
         out=DATA,
+        digest=source_digest(),
     shell:
         "{params.script} {params.args} --out {params.out} > {log} 2>&1"
 
@@ -47,6 +49,7 @@ if DATASET_KIND == "voc12" and LAYOUT == "official":
             script=script("convert_voc12"),
             args=voc_convert_args(),
             out=CONVERTED,
+            downloads=lambda w: downloads_stamp(),
         shell:
             "{params.script} {params.args} --out {params.out} --workers {threads} > {log} 2>&1"
 
@@ -73,6 +76,7 @@ if DATASET_KIND == "coco14" and LAYOUT == "official":
             root=lambda w: shlex.quote(config["dataset"]["root"]),
             crowd=config["dataset"]["coco_crowd"],
             out=CONVERTED,
+            downloads=lambda w: downloads_stamp(),
         shell:
             "{params.script} --root {params.root} --crowd {params.crowd} --out {params.out} "
             "--workers {threads} > {log} 2>&1"

@@ -4,7 +4,7 @@
 rule score_prompts:
     input:
         code=code("score_prompts"),
-        dataset=f"{DATA}/dataset.json",
+        dataset=dataset_json(),
         model=lambda w: model_input(w.variant),
     output:
         "results/{dataset}/{variant}/prompts/scores.tsv",
@@ -19,6 +19,7 @@ rule score_prompts:
         mem_mb=res("score_prompts", "mem_mb"),
         runtime=res("score_prompts", "runtime"),
     params:
+        digest=lambda w: data_digest("train"),
         script=script("score_prompts"),
         data=dataset_args("train"),
         model=lambda w: model_args(w.variant),

@@ -4,7 +4,7 @@
 rule train_segmentation:
     input:
         code=code("train_seg"),
-        dataset=f"{DATA}/dataset.json",
+        dataset=dataset_json(),
         masks=lambda w: seg_label_dirs(w.variant),
         conf=lambda w: seg_conf_dirs(w.variant),
         init=lambda w: seg_init_input(w.variant),
@@ -30,6 +30,7 @@ rule train_segmentation:
         mem_mb=res("train_segmentation", "mem_mb"),
         runtime=res("train_segmentation", "runtime"),
     params:
+        digest=lambda w: data_digest("train"),
         script=script("train_seg"),
         data=dataset_args("train"),
         args=lambda w: seg_train_args(w.variant),
@@ -43,7 +44,7 @@ rule train_segmentation:
 rule predict_segmentation:
     input:
         code=code("predict_seg"),
-        dataset=f"{DATA}/dataset.json",
+        dataset=dataset_json(),
         model="results/{dataset}/{variant}/segmentation/model.pt",
     output:
         directory("results/{dataset}/{variant}/segmentation/pred_val"),
@@ -59,6 +60,7 @@ rule predict_segmentation:
         mem_mb=res("predict_segmentation", "mem_mb"),
         runtime=res("predict_segmentation", "runtime"),
     params:
+        digest=lambda w: data_digest("val"),
         script=script("predict_seg"),
         data=dataset_args("val"),
         scales=lambda w: " ".join(map(str, seg_cfg(w.variant)["test_scales"])),
@@ -75,7 +77,7 @@ rule predict_segmentation:
 rule eval_segmentation:
     input:
         code=code("evaluate"),
-        dataset=f"{DATA}/dataset.json",
+        dataset=dataset_json(),
         pred="results/{dataset}/{variant}/segmentation/pred_val",
     output:
         report(
@@ -95,6 +97,7 @@ rule eval_segmentation:
         mem_mb=res("eval_segmentation", "mem_mb"),
         runtime=res("eval_segmentation", "runtime"),
     params:
+        digest=lambda w: data_digest("val", gt=True),
         script=script("evaluate"),
         data=dataset_args("val"),
     shell:
