@@ -134,7 +134,7 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use cpu")
+        raise datasets.DatasetError(f"--device {name}: CUDA is not available on this machine; use cpu")
     return name
 
 
@@ -156,13 +156,19 @@ def write_skips(path: Path | None, skipped: list[dict]) -> None:
 
 
 def run(main) -> None:
-    """Run a script's main; known input errors end with one clear line and exit code 2."""
-    from .model import ClipLoadError
+    """Run a script's main; known input errors end with one clear line and exit code 2
+    (``--debug`` anywhere on the command line: with the traceback)."""
+    from .errors import ClipLoadError
 
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
     t0 = time.time()
     try:
         main()
     except (datasets.DatasetError, ClipLoadError, FileNotFoundError) as e:
+        if debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"done in {time.time() - t0:.1f} s", file=sys.stderr)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import DatasetError
 from .io import IGNORE
 BGR_MEAN = (104.008, 116.669, 122.675)  # subtracted from B, G, R before the CRF
 
@@ -72,7 +73,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, p: CrfParams = CrfParams()) 
 
     n_labels, h, w = probs.shape
     if image.shape[:2] != (h, w):
-        raise ValueError(f"CRF image is {image.shape[1]}x{image.shape[0]} but the CAMs are "
+        raise DatasetError(f"CRF image is {image.shape[1]}x{image.shape[0]} but the CAMs are "
                          f"{w}x{h}")
     d = dcrf.DenseCRF2D(w, h, n_labels)
     d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))

@@ -312,7 +312,7 @@ def load(name: str, root, split, **kw) -> Dataset:
 def group_by_input_size(samples: list[Sample], patch: int = 16,
                         max_side: int | None = None) -> dict:
     """Samples keyed by their model input size (h, w), in first-seen order."""
-    from .cam import input_size
+    from .sizes import input_size
 
     groups: dict[tuple[int, int], list[Sample]] = {}
     for s in samples:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import DatasetError
+
 IGNORE = 255  # label value ignored by metrics and by the segmentation loss
 
 # CAM archive format (one .npz per image):
@@ -110,7 +112,7 @@ def load_cams(path, key: str = "cams") -> tuple[np.ndarray, np.ndarray]:
         with np.load(path) as z:
             return z["keys"].astype(np.int64), z[key]
     except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: not a CAM archive with 'keys' and 'cams' ({e}); "
+        raise DatasetError(f"{path}: not a CAM archive with 'keys' and 'cams' ({e}); "
                          f"delete it and rerun the CAM stage") from e
 
 
@@ -143,7 +145,7 @@ def load_mask(path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
-                raise ValueError(f"mode {im.mode}: expected a palette or grey label PNG")
+                raise DatasetError(f"mode {im.mode}: expected a palette or grey label PNG")
             return np.asarray(im).astype(np.uint8)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable label mask ({e})") from e
+        raise DatasetError(f"{path}: unreadable label mask ({e})") from e

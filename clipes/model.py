@@ -22,12 +22,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .errors import ClipLoadError, DatasetError  # noqa: F401 (ClipLoadError: re-exported)
+
 PAPER_MODEL = "ViT-B-16"
 PAPER_PRETRAINED = "openai"
-
-
-class ClipLoadError(RuntimeError):
-    """The CLIP weights could not be found or loaded; the message says how to supply them."""
 
 
 @dataclass
@@ -230,7 +228,7 @@ class VisionTower:
         for attr in ("conv1", "class_embedding", "positional_embedding", "ln_pre",
                      "transformer", "ln_post", "proj"):
             if getattr(v, attr, None) is None:
-                raise ValueError(f"{clip.name}: CLIP-ES needs a ViT vision tower with "
+                raise DatasetError(f"{clip.name}: CLIP-ES needs a ViT vision tower with "
                                  f"'{attr}'; this model has none")
         self.v = v
         self.blocks = list(v.transformer.resblocks)

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import DatasetError
 from .io import IGNORE, atomic_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -243,12 +244,12 @@ class TrainData:
 
     def __init__(self, items: list[TrainItem]):
         if not items:
-            raise ValueError("no training images (all pseudo masks missing?)")
+            raise DatasetError("no training images (all pseudo masks missing?)")
         self.items = list(items)
         for it in self.items:
             with Image.open(it.image) as im, Image.open(it.label) as lb:
                 if im.size != lb.size:
-                    raise ValueError(f"{it.label} is {lb.size[0]}x{lb.size[1]} but {it.image} is "
+                    raise DatasetError(f"{it.label} is {lb.size[0]}x{lb.size[1]} but {it.image} is "
                                      f"{im.size[0]}x{im.size[1]}")
 
     def __len__(self) -> int:
@@ -427,7 +428,7 @@ def _torchvision_imagenet_into_caffe(model, cfg, log) -> str:
     blocks = tuple(cfg.blocks) if cfg.blocks else deeplab.BLOCKS[cfg.backbone]
     by_blocks = {deeplab.BLOCKS[name]: w for name, w in imagenet_weights().items()}
     if blocks not in by_blocks:
-        raise ValueError(f"segmentation.init 'imagenet': torchvision has no ResNet with blocks "
+        raise DatasetError(f"segmentation.init 'imagenet': torchvision has no ResNet with blocks "
                          f"{blocks}; give an init file or init: null")
     try:
         state = by_blocks[blocks].get_state_dict(progress=False)
@@ -652,7 +653,7 @@ def predict_for_protocol(model, rgb, test_protocol: str, scales=(1.0,), flip=Tru
     protocol = getattr(model, "protocol", "torchvision")
     if test_protocol == "msc-max":
         if protocol != "deeplab-pytorch":
-            raise ValueError("test protocol 'msc-max' needs a model trained with "
+            raise DatasetError("test protocol 'msc-max' needs a model trained with "
                              "segmentation.protocol 'deeplab-pytorch'")
         from . import deeplab
 

@@ -8,11 +8,28 @@ options of :func:`class_prompt_names` and :func:`encode_prompts`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
-import torch
+
+from .errors import DatasetError
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
+
+
+def _no_grad(fn):
+    """torch.no_grad() as a decorator, with torch imported only when called (the dataset
+    and evaluation stages use this module without torch)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return wrapper
 
 # The template chosen by the authors with sharpness-based prompt selection.
 REFERENCE_TEMPLATE = "a clean origami {}."
@@ -154,24 +171,24 @@ def class_specs_from_config(entries: Iterable[str | dict]) -> list[ClassSpec]:
             words = [entry["name"]] + [s for s in syn if s != entry["name"]]
             specs.append(ClassSpec(entry["name"], tuple(words)))
         else:
-            raise ValueError(
+            raise DatasetError(
                 f"classes[{i}] must be a class name or a mapping with 'name' "
                 f"(and optional 'synonyms'), got {entry!r}")
     names = [s.name for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"duplicate class names in the class list: {dup}")
+        raise DatasetError(f"duplicate class names in the class list: {dup}")
     return specs
 
 
 def prompt_sentences(words: Sequence[str], template: str) -> list[str]:
     """Fill ``template`` with each word: ``"a clean origami {}."`` -> ``"a clean origami cat."``."""
     if "{}" not in template:
-        raise ValueError(f"template {template!r} has no '{{}}' placeholder for the class name")
+        raise DatasetError(f"template {template!r} has no '{{}}' placeholder for the class name")
     return [template.format(w) for w in words]
 
 
-@torch.no_grad()
+@_no_grad
 def encode_prompts(
     model,
     tokenizer: Callable,
@@ -198,6 +215,8 @@ def encode_prompts(
             groups.append([s.prompt_name])
         else:
             groups.append(list(s.synonyms))
+    import torch
+
     flat = [w for g in groups for w in g]
     sentences = prompt_sentences(flat, template)
     feats = []
@@ -228,7 +247,7 @@ def sharpness(scores_per_image: Iterable[np.ndarray]) -> float:
     return float(total)
 
 
-@torch.no_grad()
+@_no_grad
 def score_templates(
     model,
     tokenizer: Callable,
@@ -283,5 +302,5 @@ def selected_template(table_path) -> str:
     table = pd.read_csv(table_path, sep="\t")
     sel = table[table["selected"].astype(bool)]
     if len(sel) != 1:
-        raise ValueError(f"{table_path}: expected exactly one selected template, found {len(sel)}")
+        raise DatasetError(f"{table_path}: expected exactly one selected template, found {len(sel)}")
     return str(sel["template"].iloc[0])

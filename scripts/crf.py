@@ -87,7 +87,9 @@ def main(argv=None):
     datasets.check_damaged(samples, f"shard {args.shard}", "the split or label table")
     params = crf.CrfParams(iterations=args.iterations, bg_power=args.bg_power,
                            confidence=args.confidence, image_input=args.image_input)
-    args.out.mkdir(parents=True, exist_ok=True)
+    for folder in (args.out, args.labels_out, args.conf_out):  # a shard may hold no image
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             list(pool.map(one_image, samples, [args] * len(samples), [params] * len(samples),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipes import cam, cli, datasets, io, synthetic  # noqa: E402
+from clipes import cli, datasets, io, sizes, synthetic  # noqa: E402
 from clipes import manifest as data_manifest  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def check_images(ds, split_name, args) -> None:
     datasets.check_damaged(ds.samples, f"the {split_name} split",
                            "the split file" if ds.name in ("voc12", "coco14") else "the label table")
     if split_name == "train" and args.cam_memory_mb is not None:
-        cam.check_memory(ds.samples, args.cam_memory_mb, args.max_side)
+        sizes.check_memory(ds.samples, args.cam_memory_mb, args.max_side)
 
 
 def exif_turned(ds, policy: str) -> dict:
