@@ -99,6 +99,7 @@ def load_clip(
     if random_init:
         kwargs["force_quick_gelu"] = True
         torch.manual_seed(seed)  # the same random weights in every process
+    offline = False if random_init else _go_offline_if_hub_unreachable()
     try:
         net = open_clip.create_model(
             model, pretrained=None if random_init else pretrained, precision="fp32",
@@ -111,11 +112,11 @@ def load_clip(
             raise ClipLoadError(
                 f"unknown open_clip model {model!r} / pretrained tag {pretrained!r}: see "
                 f"open_clip.list_pretrained() for the valid pairs") from e
-        raise ClipLoadError(_hub_hint(model, pretrained, e)) from e
+        raise ClipLoadError(_hub_hint(model, pretrained, e, offline)) from e
     except Exception as e:  # network errors surface as many types (OSError, HTTPError, ...)
         if isinstance(getattr(e, "__cause__", None), ImportError):
             raise ClipLoadError(_missing_package(model, e.__cause__)) from e
-        raise ClipLoadError(_hub_hint(model, pretrained, e)) from e
+        raise ClipLoadError(_hub_hint(model, pretrained, e, offline)) from e
     check_supported(net, model)
     name = f"{model}:random(seed {seed})" if random_init else f"{model}:{pretrained}"
     return Clip(_freeze(net), tokenizer, name)
@@ -156,7 +157,42 @@ def _missing_package(model: str, err: ImportError) -> str:
             f"pip install {pkg} (or choose a model without it, e.g. ViT-B-16)")
 
 
-def _hub_hint(model, pretrained, err) -> str:
+HUB_HOST = "huggingface.co"
+
+
+def _go_offline_if_hub_unreachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub (where open_clip keeps its weights) is out of reach;
+    then the hub is switched to offline mode, so cached weights still load and missing
+    ones fail at once instead of after a minute of retries. Behind a proxy (HTTPS_PROXY)
+    nothing is probed: the proxy decides."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or any(
+            os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        return os.environ.get("HF_HUB_OFFLINE") == "1"
+    host = urlparse(os.environ.get("HF_ENDPOINT", f"https://{HUB_HOST}")).hostname or HUB_HOST
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return False
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            import huggingface_hub.constants as hc
+
+            hc.HF_HUB_OFFLINE = True
+        except ImportError:
+            pass
+        return True
+
+
+def _hub_hint(model, pretrained, err, offline: bool = False) -> str:
+    if offline:
+        return (f"the weights of {model!r} (pretrained={pretrained!r}) are not in open_clip's "
+                f"cache and {HUB_HOST} cannot be reached (no internet here?). Download them "
+                f"on a machine with internet (for the paper's model: ViT-B-16.pt of the "
+                f"OpenAI CLIP release) and give the file with --checkpoint PATH (config: "
+                f"model.checkpoint), or point model.cache_dir at a cache holding them.")
     return (f"could not get the weights of {model!r} (pretrained={pretrained!r}) through "
             f"open_clip: {err}. Without internet, download them elsewhere (for the paper's "
             f"model: ViT-B-16.pt of the OpenAI CLIP release) and give the file with "

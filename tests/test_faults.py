@@ -556,3 +556,26 @@ def test_an_unreadable_mask_is_one_line_and_debug_gives_the_traceback(data, tmp_
     one_line_error(run_script("evaluate", *args, check=False), "im01.png", "unreadable label mask")
     proc = run_script("evaluate", *args, "--debug", check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_an_unreachable_hub_is_one_line_at_once(monkeypatch, tmp_path):
+    """No internet and no cached weights: the hub is not retried for a minute."""
+    import socket
+
+    import huggingface_hub.constants as hc
+
+    from clipes.model import ClipLoadError, load_clip
+
+    def refuse(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # recorded, so the test's "1" is undone
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", hc.HF_HUB_OFFLINE)
+    t0 = time.time()
+    with pytest.raises(ClipLoadError, match="cannot be reached.*model.checkpoint"):
+        load_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
+    assert time.time() - t0 < 30
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # cached weights would still load

@@ -11,6 +11,8 @@ from PIL import Image
 from clipes import datasets, io
 from conftest import run_script
 
+pytestmark = pytest.mark.faults  # part of the fault-injection suite (see tests/test_faults.py)
+
 
 def _custom(tmp_path, csv_text, encoding="utf-8"):
     (tmp_path / "images").mkdir()

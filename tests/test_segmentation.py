@@ -82,6 +82,7 @@ def _cfg(**kw):
     return seg.TrainConfig(**base)
 
 
+@pytest.mark.faults
 def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     data = _data(tmp_path)
     whole = seg.train(_cfg(), data, tmp_path / "whole", log=lambda m: None)
@@ -203,6 +204,7 @@ def _one_line(proc, *words):
         assert w in errors[0], errors[0]
 
 
+@pytest.mark.faults
 def test_bad_segmentation_inputs_get_one_line_errors(golden, tmp_path):
     import shutil
 
@@ -234,6 +236,7 @@ def test_bad_segmentation_inputs_get_one_line_errors(golden, tmp_path):
     _one_line(p, "model.pt", "3 classes", "21")
 
 
+@pytest.mark.faults
 def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):
     """Interrupted at iteration 3 of 6, then rerun with 4 iterations: the old checkpoint is
     set aside (another config), the run starts afresh and equals a clean 4-iteration run."""
