@@ -96,13 +96,15 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def save_cams(path, keys: np.ndarray, cams: np.ndarray, **extra: np.ndarray) -> None:
-    """Write one image's CAM archive (see the format above); ``extra`` arrays are added."""
+def save_cams(path, keys: np.ndarray, cams: np.ndarray, compress: bool = True,
+              **extra: np.ndarray) -> None:
+    """Write one image's CAM archive (see the format above); ``extra`` arrays are added.
+    ``compress=False``: a plain .npz (read the same way)."""
     arrays = {"keys": np.asarray(keys, dtype=np.int64),
               "cams": np.asarray(cams).astype(CAM_DTYPE)}
     arrays.update(extra)
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, **arrays)
+        (np.savez_compressed if compress else np.savez)(tmp, **arrays)
 
 
 def load_cams(path, key: str = "cams") -> tuple[np.ndarray, np.ndarray]:

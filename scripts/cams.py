@@ -50,6 +50,14 @@ def parse_args(argv=None):
     r = p.add_argument_group("run")
     r.add_argument("--shard", default="0/1", help="I/N: process every N-th image from the I-th")
     r.add_argument("--resume", action="store_true", help="keep archives that already exist")
+    r.add_argument("--loaders", type=int, default=0,
+                   help="DataLoader worker processes decoding the next images while the "
+                        "model runs (default 0: decoded in this process)")
+    r.add_argument("--writers", type=int, default=0,
+                   help="threads compressing and writing archives beside the model (0: "
+                        "written in the loop); outputs identical either way")
+    r.add_argument("--no-compress", action="store_true",
+                   help="write plain .npz archives (faster, about 1.4x larger)")
     r.add_argument("--memory-mb", type=float,
                    help="memory this run may use: images whose CAMs need more are refused up "
                         "front, naming them (the workflow passes the rule's mem_mb)")
@@ -90,7 +98,8 @@ def main(argv=None):
         max_side=args.max_side)
     engine = cam.CamEngine(clip, fg, bg, cfg, device)
     records = cam.run_dataset(engine, samples, args.out, resume=args.resume,
-                              dump=args.dump_intermediates)
+                              dump=args.dump_intermediates, loaders=args.loaders,
+                              writers=args.writers, compress=not args.no_compress)
     if args.records:
         import pandas as pd
 

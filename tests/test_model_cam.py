@@ -161,3 +161,48 @@ def test_batched_with_and_without_fast_backward_agree(tiny_clip):
         np.testing.assert_allclose(f.extras["gradcam_weights"], s.extras["gradcam_weights"],
                                    atol=1e-7 + 1e-5 * np.abs(s.extras["gradcam_weights"]).max())
         np.testing.assert_allclose(f.cams, s.cams, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["reference", "batched"])
+def test_pipelined_cam_loop_writes_the_same_bytes(tiny_clip, tmp_path, mode):
+    """Loader workers, writer threads and plain archives change no number of the output."""
+    from PIL import Image
+
+    from clipes import io
+    from clipes.datasets import Sample
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i, hw in enumerate([(40, 56), (40, 56), (33, 47), (40, 56), (64, 48)]):
+        p = tmp_path / f"i{i}.png"
+        Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(p)
+        samples.append(Sample(f"i{i}", p, (i % 3, (i + 1) % 3)[: 1 + i % 2], hw, None, i))
+    engine = _engine(tiny_clip, mode, batch_size=2)
+    engine.cfg.dump = False
+    serial = cam.run_dataset(engine, samples, tmp_path / "serial", loaders=0, writers=0,
+                             progress=False)
+    piped = cam.run_dataset(engine, samples, tmp_path / "piped", loaders=2, writers=3,
+                            progress=False)
+    assert [r["id"] for r in serial] == [r["id"] for r in piped]
+    for s in samples:
+        a = (tmp_path / "serial" / f"{s.id}.npz").read_bytes()
+        assert a == (tmp_path / "piped" / f"{s.id}.npz").read_bytes(), s.id
+    cam.run_dataset(engine, samples, tmp_path / "plain", writers=2, compress=False, progress=False)
+    for s in samples:
+        k1, c1 = io.load_cams(tmp_path / "serial" / f"{s.id}.npz")
+        k2, c2 = io.load_cams(tmp_path / "plain" / f"{s.id}.npz")
+        assert np.array_equal(k1, k2) and np.array_equal(c1, c2)
+
+
+def test_checkpoint_loading_skips_the_random_init_and_gets_the_same_weights(golden):
+    import open_clip
+    import torch
+
+    from clipes.model import load_clip
+
+    fast = load_clip(checkpoint=golden / "clip_tiny.pt").model.state_dict()
+    slow = open_clip.load_openai_model(str(golden / "clip_tiny.pt"), precision="fp32",
+                                       device="cpu").state_dict()
+    assert fast.keys() == slow.keys()
+    assert all(torch.equal(fast[k], slow[k]) for k in fast)
+    assert torch.nn.init.normal_.__name__ == "normal_"  # the init functions are restored
