@@ -66,3 +66,13 @@ def test_score_templates_ranks_and_selects(tiny_clip):
     assert table["sharpness"].is_monotonic_increasing
     assert table["selected"].sum() == 1 and table.loc[0, "selected"]
     assert (table["n_multilabel"] == 4).all()
+
+
+def test_trimmed_context_gives_the_full_contexts_features(tiny_clip):
+    specs = text.dataset_classes("voc12")
+    full = text.dataset_text_features(tiny_clip, specs, text.VOC12_BACKGROUND, context="full")
+    trim = text.dataset_text_features(tiny_clip, specs, text.VOC12_BACKGROUND, context="trimmed")
+    for a, b in zip(full, trim):
+        assert a.shape == b.shape and float((a - b).abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="text context"):
+        text.dataset_text_features(tiny_clip, specs, text.VOC12_BACKGROUND, context="half")

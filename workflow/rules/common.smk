@@ -622,6 +622,7 @@ def cam_args(variant):
         f"--batch-size {c['batch_size']}",
         f"--device {c['device']}",
         f"--synonym-fusion {t['synonym_fusion']}",
+        f"--text-context {t['context']}",
         "--keep-plain",
     ]
     if t["select_prompt"]["enabled"] and t["select_prompt"]["use_selected"]:

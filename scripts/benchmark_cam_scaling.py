@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Benchmark: does the CAM stage stay flat as the dataset grows? Seconds per image and peak
+memory of the whole stage (process start to last archive, as a user runs scripts/cams.py)
+at several dataset sizes.
+
+Generates VOC-like JPEGs (sizes drawn from VOC's mix around 500x375, 1-3 labels each) as
+a custom dataset, runs scripts/cams.py once per size in its own process and prints a
+Markdown table: images, wall seconds, seconds per image (startup included and excluded),
+peak resident memory. ViT-B/16 with random weights by default (no download), or any
+OpenAI-format file with --checkpoint.
+
+    python scripts/benchmark_cam_scaling.py --sizes 10 100 1000 --device cpu
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (width, height) of VOC images, most common first, with their share
+VOC_SIZES = [((500, 375), 0.45), ((500, 333), 0.2), ((375, 500), 0.15), ((500, 400), 0.1),
+             ((480, 360), 0.1)]
+CLASSES = ["cat", "dog", "person", "car", "bird"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mode", default="batched", choices=["reference", "batched"])
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--checkpoint", help="OpenAI-format CLIP file (default: random ViT-B/16)")
+    p.add_argument("--extra", default="", help="more scripts/cams.py options, one string")
+    p.add_argument("--workdir", type=Path, help="keep the generated data here")
+    return p.parse_args(argv)
+
+
+def make_images(root: Path, n: int, seed: int = 0) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    sizes, weights = zip(*VOC_SIZES)
+    rows = ["image,labels"]
+    for i in range(n):
+        w, h = sizes[rng.choice(len(sizes), p=weights)]
+        img = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)  # smooth content
+        Image.fromarray(img).resize((w, h), Image.BILINEAR).save(root / "images" / f"{i:05d}.jpg",
+                                                                  quality=90)
+        labels = rng.choice(len(CLASSES), size=int(rng.integers(1, 4)), replace=False)
+        rows.append(f"{i:05d}.jpg,{';'.join(CLASSES[k] for k in labels)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+def run_once(root: Path, n: int, args) -> dict:
+    out = root / f"cams_{n}"
+    cmd = [sys.executable, str(REPO / "scripts" / "cams.py"), "--dataset", "custom",
+           "--root", str(root), "--labels", str(root / "labels.csv"),
+           "--classes", json.dumps(CLASSES), "--device", args.device, "--mode", args.mode,
+           "--batch-size", str(args.batch_size), "--out", str(out),
+           "--records", str(out / "records.tsv"), *args.extra.split()]
+    cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else ["--pretrained", "none"]
+    # rows n.. of the label table are left out by a split file of the first n ids
+    split = root / f"split_{n}.txt"
+    split.write_text("".join(f"{i:05d}\n" for i in range(n)))
+    cmd += ["--split", str(split)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"cams.py failed for {n} images:\n{proc.stderr[-3000:]}")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    import pandas as pd
+
+    loop = float(pd.read_csv(out / "records.tsv", sep="\t")["seconds"].sum())
+    return {"images": n, "wall_s": wall, "s_per_image": wall / n, "loop_s_per_image": loop / n,
+            "startup_s": wall - loop,
+            # RUSAGE_CHILDREN is the largest child so far: runs go from small to large
+            "peak_mb": max(peak_kb, before) / 1024}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="clipes-scaling-")
+        args.workdir = Path(tmp.name)
+    root = args.workdir / "data"
+    make_images(root, max(args.sizes))
+    rows = [run_once(root, n, args) for n in sorted(args.sizes)]
+    print("| images | wall s | s/image | model s/image | startup + I/O s | peak MB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['images']} | {r['wall_s']:.1f} | {r['s_per_image']:.3f} | "
+              f"{r['loop_s_per_image']:.3f} | {r['startup_s']:.1f} | {r['peak_mb']:.0f} |")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
