@@ -76,6 +76,11 @@ def worker(args):
     images = [torch.randn(3, *size, generator=gen) for _ in range(args.images)]
     keys = [np.asarray(torch.randperm(20, generator=gen)[:n_labels]) for _ in images]
     engine.run(images[:1], keys[:1], [(h, w)])  # warm-up (allocator, kernels)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:  # the work of one image, forward + backward
+        engine.run(images[:1], keys[:1], [(h, w)])
+    gflop = counter.get_total_flops() / 1e9
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -92,7 +97,28 @@ def worker(args):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     dt = min(per_image)
     np.savez(out, cams=np.stack([r.cams for r in results]))
-    print(json.dumps({"seconds_per_image": dt, "peak_mb": peak}))
+    print(json.dumps({"seconds_per_image": dt, "peak_mb": peak, "gflop_per_image": gflop}))
+
+
+def gemm_rate(device: str, threads: int, n: int = 1201, c: int = 768) -> float:
+    """GFLOP/s of this machine's fastest fp32 matrix product at the shapes of a ViT-B/16
+    MLP on a 640x480 image (tokens x width times width x 4 width): the floor the CAM loop
+    is measured against."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(n, c, device=device), torch.randn(c, 4 * c, device=device)
+    best = float("inf")
+    for _ in range(20):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n * c * 4 * c / best / 1e9
 
 
 def main():
@@ -127,6 +153,16 @@ def main():
           f"seconds per image: the fastest of {args.repeats} passes"
           + (f"; batched mode in {args.autocast} autocast (reference in fp32)"
              if args.autocast else ""))
+    rate = gemm_rate(args.device, args.threads)
+    print(f"GEMM rate of this machine (fp32, {1201}x768 @ 768x3072): {rate:.1f} GFLOP/s")
+    print()
+    print("| labels | mode | GFLOP/image | GFLOP/s in the loop | share of the GEMM rate |")
+    print("|---|---|---|---|---|")
+    for n, *res, _, _ in rows:
+        for mode, r in zip(("reference", "reference-frozen", "batched"), res):
+            achieved = r["gflop_per_image"] / r["seconds_per_image"]
+            print(f"| {n} | {mode} | {r['gflop_per_image']:.0f} | {achieved:.1f} | "
+                  f"{100 * achieved / rate:.0f}% |")
     print()
     print("reference: the authors' schedule (per class: last-block forward + backward, which "
           "also computes the last block's weight gradients since their CLIP is not frozen, and "
