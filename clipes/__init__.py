@@ -13,6 +13,10 @@ Modules, one per concept of the method:
 - :mod:`clipes.metrics`   confusion-matrix mIoU and the background-power sweep
 - :mod:`clipes.datasets`  VOC12, COCO14, custom and synthetic datasets
 - :mod:`clipes.io`        atomic file writing, CAM archives, palette PNGs
+- :mod:`clipes.manifest`  the files of a dataset, their content digests (standard library)
+- :mod:`clipes.sizes`     model input sizes, the CAM stage's memory estimate
+- :mod:`clipes.errors`    the one-line input errors
+- :mod:`clipes.locks`     a Snakemake lock left by a killed run
 """
 
 __version__ = "0.1.0"
