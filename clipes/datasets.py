@@ -33,8 +33,6 @@ COCO14_DOWNLOAD = (
     "ROOT/SegmentationClass (see README, 'Reproducing COCO14')")
 
 
-
-
 @dataclass(frozen=True)
 class Sample:
     id: str

@@ -262,8 +262,10 @@ def encode_trimmed(model, tokens):
     x = model.ln_final(x)
     x = text_global_pool(x, t, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     proj = model.text_projection
-    if proj is not None:
-        x = proj(x) if callable(proj) and not hasattr(proj, "shape") else x @ proj
+    if proj is not None:  # as open_clip's encode_text: a Linear layer or a matrix
+        import torch
+
+        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
     return x
 
 

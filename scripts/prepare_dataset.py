@@ -34,6 +34,9 @@ def parse_args(argv=None):
     p.add_argument("--no-reference-quirks", action="store_true")
     p.add_argument("--exif", choices=datasets.EXIF_POLICIES, default="ignore",
                    help="EXIF orientation policy of the stages (see --help of cams.py)")
+    p.add_argument("--hash-cache", type=Path,
+                   help="content-hash cache (clipes.manifest.HashCache): files whose size and "
+                        "times match are not read again (the workflow passes its own)")
     p.add_argument("--cam-memory-mb", type=float,
                    help="memory the CAM stage may use: images whose CAMs need more are "
                         "listed and refused here, before any stage runs")
@@ -118,8 +121,8 @@ def main(argv=None):
             f"no image of {args.kind} dataset {ns.root} has a label: every label list is empty "
             f"({sum(len(v['skipped']) for v in manifest['splits'].values())} rows skipped); "
             f"give each image at least one class")
-    data_manifest.write_manifest(args.out / "manifest.tsv", entries, data_manifest.HashCache(),
-                                 ns.root)
+    data_manifest.write_manifest(args.out / "manifest.tsv", entries,
+                                 data_manifest.HashCache.load(args.hash_cache), ns.root)
     io.write_json(args.out / "dataset.json", manifest)
     print(" ".join(f"{k}: {v['n_images']} images" for k, v in manifest["splits"].items()),
           file=sys.stderr)

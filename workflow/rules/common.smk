@@ -276,7 +276,8 @@ def dataset_root():
 TRACKED = DATASET_KIND == "custom" or (
     DATASET_KIND in CONVERTED_MARKER and LAYOUT == "converted"
 )
-HASHES = data_manifest.HashCache.load(f".snakemake/clipes/hashes-{DATASET}.json")
+HASH_CACHE = f".snakemake/clipes/hashes-{DATASET}.json"
+HASHES = data_manifest.HashCache.load(HASH_CACHE)
 
 
 @cache
@@ -302,6 +303,7 @@ def config_files_digest():
     return ",".join(parts)
 
 
+@cache  # many jobs share a digest (every evaluation reads the whole train split)
 def data_digest(which="train", gt=False, shard=None):
     """Digest of the files of split `which` a job reads (one shard (i, n) of it)."""
     if not TRACKED or split_path(which) is None:
@@ -573,7 +575,7 @@ def prepare_args():
             args + [f"--seed {s['seed']} --n-train {s['n_train']} --n-val {s['n_val']}"]
         )
     args.append(f"--root {shlex.quote(dataset_root())}")
-    args.append(f"--cam-memory-mb {res('cams', 'mem_mb')}")
+    args.append(f"--cam-memory-mb {res('cams', 'mem_mb')} --hash-cache {HASH_CACHE}")
     sides = [v["cam"]["max_side"] for v in VARIANTS.values()]
     if None not in sides:
         args.append(f"--max-side {max(sides)}")

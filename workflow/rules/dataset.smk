@@ -21,7 +21,7 @@ rule prepare_dataset:
         script=script("prepare_dataset"),
         args=prepare_args(),
         out=DATA,
-        digest=source_digest(),
+        digest=lambda w: source_digest(),
     shell:
         "{params.script} {params.args} --out {params.out} > {log} 2>&1"
 
