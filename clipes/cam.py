@@ -296,23 +296,26 @@ class CamEngine:
                 for k in range(kmax)])  # (Kmax, B, 1 + P, C)
             weights, raw, cam = gradcam_from_grads(acts[None], grads[:, :, 1:].float())
         attn8 = torch.stack([*attn, w_last.detach()][-CAA_LAYERS:]).float().mean(0)[:, 1:, 1:]
+        cams = cam.transpose(0, 1).reshape(b, kmax, *grid)  # (B, Kmax, gh, gw); empty slots 0
+        if self.cfg.use_caa:  # the whole batch on the device: no host copy, no patch loop
+            trans = affinity.transition_matrices(attn8, self.cfg.sinkhorn_rounds)  # (B, P, P)
+            masks = affinity.box_masks(cams.flatten(0, 1), self.cfg.box_threshold,
+                                       self.cfg.clip_box_border).view(b, kmax, *grid)
         results = []
         for i in range(b):
             keys, n_k = keys_list[i], len(keys_list[i])
-            cam_i = cam[:n_k, i].reshape(n_k, *grid)  # (K, gh, gw)
+            cam_i = cams[i, :n_k]  # (K, gh, gw)
             extras = _Dump(self.cfg.dump)
             if self.cfg.use_caa:
-                trans = affinity.transition_matrix(attn8[i], self.cfg.sinkhorn_rounds)
-                masks = []
-                for k in range(n_k):
-                    m, boxes = affinity.box_mask(cam_i[k].cpu().numpy(), self.cfg.box_threshold,
-                                                 self.cfg.clip_box_border)
-                    masks.append(m)
-                    extras.add_class(mask=m, boxes=boxes, k=k)
-                ref_raw = affinity.refine(trans, torch.from_numpy(np.stack(masks)).to(trans), cam_i)
+                # one product per image: its K columns alone, as the per-image schedule
+                ref_raw = affinity.refine(trans[i], masks[i, :n_k], cam_i)
                 out_maps = minmax_norm(ref_raw)
-                for k in range(n_k):
-                    extras.add_class(cam_refined_raw=ref_raw[k], cam_refined_norm=out_maps[k])
+                if extras.enabled:
+                    for k in range(n_k):
+                        _, boxes = affinity.box_mask(cam_i[k].cpu().numpy(), self.cfg.box_threshold,
+                                                     self.cfg.clip_box_border)
+                        extras.add_class(mask=masks[i, k].cpu().numpy(), boxes=boxes, k=k,
+                                         cam_refined_raw=ref_raw[k], cam_refined_norm=out_maps[k])
             else:
                 out_maps = cam_i
             for k in range(n_k):

@@ -73,3 +73,42 @@ def test_refine_masks_columns_not_rows():
     cam = torch.ones(1, 2, 2)
     out = affinity.refine(trans, mask, cam)
     torch.testing.assert_close(out.reshape(-1), trans[:, 0])  # column 0 of T
+
+
+def _maps(rng, n, gh, gw):
+    """Smooth maps (blobs, as CAMs), noisy maps (long winding components) and edge cases."""
+    out = []
+    for i in range(n):
+        if i % 3 == 0:
+            m = rng.random((gh, gw)).astype(np.float32)
+        else:
+            low = torch.from_numpy(rng.random((gh // 3 + 1, gw // 3 + 1)).astype(np.float32))
+            m = torch.nn.functional.interpolate(low[None, None], size=(gh, gw), mode="bilinear",
+                                                align_corners=False)[0, 0].numpy()
+        m = (m - m.min()) / (1e-7 + (m - m.min()).max())
+        out.append(m.astype(np.float32))
+    out.append(np.zeros((gh, gw), np.float32))  # empty map
+    spiral = np.zeros((gh, gw), np.float32)
+    spiral[::2, :] = 1.0
+    spiral[1::4, -1] = 1.0
+    spiral[3::4, 0] = 1.0  # one snake through every other row: the longest path
+    out.append(spiral)
+    return np.stack(out)
+
+
+def test_batched_box_masks_equal_the_per_map_masks():
+    rng = np.random.default_rng(0)
+    for gh, gw in ((24, 32), (11, 16), (3, 5), (32, 21)):
+        maps = _maps(rng, 12, gh, gw)
+        for threshold in (0.4, 0.7):
+            for clip in (True, False):
+                got = affinity.box_masks(torch.from_numpy(maps), threshold, clip).numpy()
+                want = np.stack([affinity.box_mask(m, threshold, clip)[0] for m in maps])
+                np.testing.assert_array_equal(got, want, err_msg=f"{gh}x{gw} {threshold} {clip}")
+
+
+def test_batched_transition_matrices_equal_the_per_image_ones():
+    torch.manual_seed(0)
+    attn = torch.rand(3, 96, 96).softmax(-1)
+    want = torch.stack([affinity.transition_matrix(a) for a in attn])
+    assert torch.equal(affinity.transition_matrices(attn), want)
