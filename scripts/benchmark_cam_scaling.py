@@ -41,22 +41,65 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def make_images(root: Path, n: int, seed: int = 0) -> None:
+VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+               "sheep", "sofa", "train", "tvmonitor"]
+
+
+def _image(rng, sizes, weights):
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
+    w, h = sizes[rng.choice(len(sizes), p=weights)]
+    img = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)  # smooth content
+    return Image.fromarray(img).resize((w, h), Image.BILINEAR)
+
+
+def _write_one(job):
+    """One generated image (and its VOC XML); a job of a process pool."""
+    root, i, seed, layout = job
+    import numpy as np
+
+    rng = np.random.default_rng([seed, i])
     sizes, weights = zip(*VOC_SIZES)
-    rows = ["image,labels"]
-    for i in range(n):
-        w, h = sizes[rng.choice(len(sizes), p=weights)]
-        img = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)  # smooth content
-        Image.fromarray(img).resize((w, h), Image.BILINEAR).save(root / "images" / f"{i:05d}.jpg",
-                                                                  quality=90)
-        labels = rng.choice(len(CLASSES), size=int(rng.integers(1, 4)), replace=False)
-        rows.append(f"{i:05d}.jpg,{';'.join(CLASSES[k] for k in labels)}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    im = _image(rng, sizes, weights)
+    names = VOC_CLASSES if layout == "voc" else CLASSES
+    labels = [names[k] for k in rng.choice(len(names), size=int(rng.integers(1, 4)), replace=False)]
+    iid = f"{i:05d}" if layout == "custom" else f"2099_{i:06d}"
+    if layout == "custom":
+        im.save(root / "images" / f"{iid}.jpg", quality=90)
+        return f"{iid}.jpg,{';'.join(labels)}"
+    im.save(root / "JPEGImages" / f"{iid}.jpg", quality=90)
+    objects = "".join(f"<object><name>{n}</name></object>" for n in labels)
+    (root / "Annotations" / f"{iid}.xml").write_text(
+        f"<annotation><filename>{iid}.jpg</filename><size><width>{im.width}</width>"
+        f"<height>{im.height}</height><depth>3</depth></size>{objects}</annotation>\n")
+    return iid
+
+
+def make_images(root: Path, n: int, seed: int = 0, layout: str = "custom", workers: int = 1):
+    """n VOC-like JPEGs (VOC's size mix, 1-3 labels each), the same for a seed.
+
+    layout "custom": ROOT/images/<id>.jpg and ROOT/labels.csv (a dataset of your own);
+    "voc": ROOT/JPEGImages, ROOT/Annotations (XML: size and objects) and
+    ROOT/ImageSets/Segmentation/train.txt, as the official VOC2012 folder (no masks)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for sub in (("images",) if layout == "custom" else ("JPEGImages", "Annotations",
+                                                         "ImageSets/Segmentation")):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    jobs = [(root, i, seed, layout) for i in range(n)]
+    if workers > 1:
+        from multiprocessing import Pool
+
+        with Pool(workers) as pool:
+            rows = pool.map(_write_one, jobs, chunksize=64)
+    else:
+        rows = [_write_one(j) for j in jobs]
+    if layout == "custom":
+        (root / "labels.csv").write_text("\n".join(["image,labels", *rows]) + "\n")
+    else:
+        (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(rows) + "\n")
+    return rows
 
 
 def run_once(root: Path, n: int, args) -> dict:

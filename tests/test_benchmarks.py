@@ -15,3 +15,76 @@ def test_cam_scaling_benchmark_prints_one_row_per_size(tmp_path):
         cells = [float(c) for c in r.strip("|").split("|")]
         assert all(c > 0 for c in cells)
     assert len(list((tmp_path / "data" / "cams_4").glob("*.npz"))) == 4
+
+
+FAKE_AUTHORS = '''
+"""Stands in for the authors' generate_cams_voc12.py: the same command line, the same
+device choice (cuda:<worker % GPU count>) and the same output files."""
+import argparse, os
+import numpy as np
+import torch
+from lxml_free import labels_and_size
+
+p = argparse.ArgumentParser()
+for a in ("--img_root", "--split_file", "--cam_out_dir", "--model"):
+    p.add_argument(a)
+p.add_argument("--num_workers", type=int, default=1)
+args = p.parse_args()
+assert os.path.isfile(args.model)
+device_id = "cuda:{}".format(0 % torch.cuda.device_count())
+os.makedirs(args.cam_out_dir, exist_ok=True)
+for iid in np.loadtxt(args.split_file, dtype=str, ndmin=1):
+    keys, (w, h) = labels_and_size(args.img_root.replace("JPEGImages", "Annotations"), iid)
+    cams = torch.linspace(0, 1, w).expand(len(keys), h, w).to(device_id)
+    np.save(os.path.join(args.cam_out_dir, iid + ".npy"),
+            {"keys": np.asarray(keys), "attn_highres": cams.cpu().numpy().astype(np.float16)})
+'''
+
+LABELS = '''
+import re
+NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+         "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+         "train", "tvmonitor"]
+def labels_and_size(folder, iid):
+    xml = open(f"{folder}/{iid}.xml").read()
+    keys = []
+    for n in re.findall(r"<name>(\\w+)</name>", xml):
+        if NAMES.index(n) not in keys:
+            keys.append(NAMES.index(n))
+    size = [int(re.search(rf"<{t}>(\\d+)</{t}>", xml).group(1)) for t in ("width", "height")]
+    return keys, size
+'''
+
+
+@pytest.mark.skipif(not (golden_dir() / "clip_tiny.pt").is_file(), reason="no tiny CLIP")
+def test_stage_benchmark_runs_the_authors_command_line_and_prints_the_ratio(tmp_path):
+    authors = tmp_path / "CLIP-ES"
+    authors.mkdir()
+    (authors / "generate_cams_voc12.py").write_text(FAKE_AUTHORS)
+    (authors / "lxml_free.py").write_text(LABELS)
+    proc = run_script("benchmark_cam_stage", "--images", "2", "--repeats", "1", "--variants",
+                      "batched", "--checkpoint", golden_dir() / "clip_tiny.pt", "--authors-code",
+                      authors, "--workdir", tmp_path / "work", "--out", tmp_path / "stage.json")
+    rows = {r.split("|")[1].strip(): r for r in proc.stdout.splitlines() if r.startswith("| ")}
+    assert set(rows) == {"run", "batched", "authors"}
+    ratio = rows["batched"].split("|")[6].strip()
+    assert ratio.endswith("x") and float(ratio[:-1]) > 0
+    assert len(list((tmp_path / "work" / "out" / "authors").glob("*.npy"))) == 2
+    import json
+
+    summary = json.loads((tmp_path / "stage.json").read_text())
+    assert len(summary["runs"]["authors"]) == 1 and summary["parity"]["batched"]["images"] == 2
+
+
+@pytest.mark.skipif(not (golden_dir() / "clip_tiny.pt").is_file(), reason="no tiny CLIP")
+def test_gpu_benchmark_script_runs_its_steps_on_the_cpu(tmp_path):
+    """The script prepared for a lent GPU, on a few images, so it does not fail there for a
+    reason a CPU run would have shown."""
+    proc = run_script("benchmark_cam_gpu", "--device", "cpu", "--images", "3", "--precisions",
+                      "fp32", "bf16", "--parity-images", "3", "--loop-images", "0", "--batch-size",
+                      "2", "--loaders", "0", "--writers", "1", "--checkpoint",
+                      golden_dir() / "clip_tiny.pt", "--workdir", tmp_path / "w", "--out-dir",
+                      tmp_path / "out")
+    table = (tmp_path / "out" / "stage.md").read_text()
+    assert "| fp32 |" in table and "| bf16 |" in table and table in proc.stdout
+    assert len(list((tmp_path / "w" / "cams_bf16").glob("*.npz"))) == 3
