@@ -31,6 +31,7 @@ from .sizes import check_memory, input_size, memory_estimate_mb  # noqa: F401 (r
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MODES = ("reference", "batched")
+AUTOCAST_SCOPES = ("all", "trunk")
 NORM_EPS = 1e-7  # absolute epsilon of the reference's min-max normalisation
 CAA_LAYERS = 8  # attention of the last 8 blocks feeds the affinity
 
@@ -88,6 +89,10 @@ class CamConfig:
     batch_size: int = 1  # images of one size per pass (batched mode; >1 pays off on GPUs)
     fast_grad: bool = True  # batched: hand-written Grad-CAM backward (clipes.fastgrad)
     autocast: str | None = None  # None | "fp16" | "bf16": batched mode, meant for GPUs
+    # what autocast covers: "all" (every block, and the Grad-CAM backward through the last
+    # one) or "trunk" (blocks 1 .. L-1; the last block, whose activations and gradients
+    # Grad-CAM reads, runs in fp32: 1/L of the forward, and the hand-written backward)
+    autocast_scope: str = "all"
     # reference mode: the authors' script leaves CLIP trainable, so each per-class backward
     # also computes the gradients of the last block's weights (then discarded). Same
     # numbers either way; False gives the reference schedule with frozen weights.
@@ -142,6 +147,9 @@ class CamEngine:
         use_bg = config.use_background and text_bg is not None and len(text_bg) > 0
         self.text_bg = text_bg.float().to(self.device) if use_bg else self.text_fg[:0]
         self.scale = clip.logit_scale.detach().float().exp().to(self.device)
+        if config.autocast_scope not in AUTOCAST_SCOPES:
+            raise ValueError(f"autocast_scope must be one of {AUTOCAST_SCOPES}, got "
+                             f"{config.autocast_scope!r}")
         if config.autocast and config.mode == "reference":
             raise ValueError("autocast applies to batched mode: reference mode reproduces "
                              "the authors' fp32 computation (use mode 'batched')")
@@ -259,10 +267,14 @@ class CamEngine:
         grid = (images[0].shape[1] // tw.patch, images[0].shape[2] // tw.patch)
         keys_list = [np.asarray(k, dtype=np.int64) for k in keys_list]
         kmax = max(len(k) for k in keys_list)
-        fast = self.cfg.fast_grad and not self.cfg.autocast and fastgrad.supported(tw.blocks[-1])
+        head_amp = bool(self.cfg.autocast) and self.cfg.autocast_scope == "all"
+        fast = self.cfg.fast_grad and not head_amp and fastgrad.supported(tw.blocks[-1])
         with self._autocast():
             tokens = tw.embed(torch.stack(images).to(self.device))
             x, attn = tw.trunk(tokens, keep_attn_from=self._caa_layers())
+        if not head_amp:
+            x = x.float()  # (B, 1 + P, C): the last block in fp32
+        with self._autocast() if head_amp else contextlib.nullcontext():
             if fast:
                 a = tw.last_block_input_norm(x).detach()
                 out, w_last, cache = fastgrad.last_block_forward(tw.blocks[-1], x, a)

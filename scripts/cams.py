@@ -48,6 +48,9 @@ def parse_args(argv=None):
                         "model (default: every image at its own size, the reference); CAMs "
                         "are still written at the image size")
     g.add_argument("--autocast", choices=["fp16", "bf16"], help="CUDA mixed precision")
+    g.add_argument("--autocast-scope", choices=list(cam.AUTOCAST_SCOPES), default="all",
+                   help="all: every block and the Grad-CAM backward in reduced precision; "
+                        "trunk: the last block (what Grad-CAM reads) in fp32")
     g.add_argument("--no-fast-grad", action="store_true",
                    help="batched: use autograd instead of the hand-written Grad-CAM backward")
     r = p.add_argument_group("run")
@@ -96,7 +99,8 @@ def main(argv=None):
         box_threshold=args.box_threshold or affinity.BOX_THRESHOLD.get(args.dataset, 0.4),
         use_caa=not args.no_caa, use_background=not args.no_background,
         use_softmax=not args.no_softmax, clip_box_border=not args.no_box_border_clip,
-        batch_size=args.batch_size, autocast=args.autocast, dump=args.dump_intermediates,
+        batch_size=args.batch_size, autocast=args.autocast,
+        autocast_scope=args.autocast_scope, dump=args.dump_intermediates,
         keep_plain=args.keep_plain, fast_grad=not args.no_fast_grad,
         max_side=args.max_side)
     engine = cam.CamEngine(clip, fg, bg, cfg, device)
