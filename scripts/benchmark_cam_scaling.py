@@ -14,7 +14,6 @@ OpenAI-format file with --checkpoint.
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -114,20 +113,22 @@ def run_once(root: Path, n: int, args) -> dict:
     split = root / f"split_{n}.txt"
     split.write_text("".join(f"{i:05d}\n" for i in range(n)))
     cmd += ["--split", str(split)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # a fresh wrapper process per size: its RUSAGE_CHILDREN peak is this run's alone
+    wrapper = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"cams.py failed for {n} images:\n{proc.stderr[-3000:]}")
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_kb = int(proc.stdout.strip().splitlines()[-1])
     import pandas as pd
 
     loop = float(pd.read_csv(out / "records.tsv", sep="\t")["seconds"].sum())
     return {"images": n, "wall_s": wall, "s_per_image": wall / n, "loop_s_per_image": loop / n,
             "startup_s": wall - loop,
-            # RUSAGE_CHILDREN is the largest child so far: runs go from small to large
-            "peak_mb": max(peak_kb, before) / 1024}
+            "peak_mb": peak_kb / 1024}
 
 
 def main(argv=None):
