@@ -104,10 +104,12 @@ def test_mixed_precision_cams_follow_fp32(golden, tiny_clip, dtype, bound, scope
     samples = ds.samples[:4]
     images = [cam.preprocess(Image.open(s.image).convert("RGB"), cam.input_size(s.orig_hw))
               for s in samples]
+    fp32 = _engine(tiny_clip, "batched")
+    amp = _engine(tiny_clip, "batched", autocast=dtype, autocast_scope=scope)
     for im, s in zip(images, samples):
         args = ([im], [np.array(s.keys)], [s.orig_hw])
-        full = _engine(tiny_clip, "batched").run(*args)[0]
-        mixed = _engine(tiny_clip, "batched", autocast=dtype, autocast_scope=scope).run(*args)[0]
+        full = fp32.run(*args)[0]
+        mixed = amp.run(*args)[0]
         gray = np.abs(full.extras["grayscale_cam"] - mixed.extras["grayscale_cam"])
         assert gray.mean() < bound / 2 and gray.max() < bound * 10, (s.id, gray.mean(), gray.max())
         assert np.abs(full.cams - mixed.cams).mean() < bound / 4, s.id
