@@ -107,11 +107,15 @@ def main(argv=None):
     records = cam.run_dataset(engine, samples, args.out, resume=args.resume,
                               dump=args.dump_intermediates, loaders=args.loaders,
                               writers=args.writers, compress=not args.no_compress)
-    if args.records:
-        import pandas as pd
+    if args.records:  # the standard library: pandas would cost a second of start-up
+        import csv
+        import io as _io
 
-        io.write_text(args.records, pd.DataFrame(records, columns=["id", "seconds", "n_classes", "reused"])
-                      .to_csv(sep="\t", index=False))
+        buf = _io.StringIO()
+        w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+        w.writerow(["id", "seconds", "n_classes", "reused"])
+        w.writerows([r["id"], r["seconds"], r["n_classes"], r["reused"]] for r in records)
+        io.write_text(args.records, buf.getvalue())
 
 
 if __name__ == "__main__":
