@@ -198,15 +198,24 @@ def test_pipelined_cam_loop_writes_the_same_bytes(tiny_clip, tmp_path, mode):
         assert np.array_equal(k1, k2) and np.array_equal(c1, c2)
 
 
-def test_checkpoint_loading_skips_the_random_init_and_gets_the_same_weights(golden):
+@pytest.mark.parametrize("stored", ["fp16", "fp32"])
+def test_checkpoint_loading_skips_the_random_init_and_gets_the_same_weights(golden, tmp_path, stored):
+    """No random init, and for an all-fp16 file (OpenAI's releases) no fp16 round trip of
+    the weights: the same bits as open_clip's loader. An fp32 file is rounded to fp16 as
+    open_clip (and the authors' code) round it."""
     import open_clip
     import torch
 
     from clipes.model import load_clip
 
-    fast = load_clip(checkpoint=golden / "clip_tiny.pt").model.state_dict()
-    slow = open_clip.load_openai_model(str(golden / "clip_tiny.pt"), precision="fp32",
-                                       device="cpu").state_dict()
+    path = golden / "clip_tiny.pt"
+    if stored == "fp32":  # values fp16 cannot hold
+        g = torch.Generator().manual_seed(0)
+        sd = {k: v.float() + 1e-4 * torch.randn(v.shape, generator=g) if v.is_floating_point()
+              else v for k, v in torch.load(path).items()}
+        torch.save(sd, path := tmp_path / "clip_tiny_fp32.pt")
+    fast = load_clip(checkpoint=path).model.state_dict()
+    slow = open_clip.load_openai_model(str(path), precision="fp32", device="cpu").state_dict()
     assert fast.keys() == slow.keys()
-    assert all(torch.equal(fast[k], slow[k]) for k in fast)
+    assert all(torch.equal(fast[k], slow[k]) and fast[k].dtype == slow[k].dtype for k in fast)
     assert torch.nn.init.normal_.__name__ == "normal_"  # the init functions are restored

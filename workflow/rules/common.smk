@@ -634,7 +634,9 @@ def cam_args(variant):
     else:
         args.append(f"--template {shlex.quote(t['template'])}")
     if c["autocast"]:
-        args.append(f"--autocast {c['autocast']} --autocast-scope {c['autocast_scope']}")
+        args.append(
+            f"--autocast {c['autocast']} --autocast-scope {c['autocast_scope']}"
+        )
     if c["box_threshold"] is not None:
         args.append(f"--box-threshold {c['box_threshold']}")
     if c["max_side"] is not None:
