@@ -84,18 +84,24 @@ def bg_power_sweep(per_power: dict[float, dict]) -> dict:
     }
 
 
-def evaluate_cam_dir(samples, cam_dirs, n_classes: int, powers=(1, 2), key: str = "cams") -> dict:
+def evaluate_cam_dir(samples, cam_dirs, n_classes: int, powers=(1, 2), key: str = "cams",
+                     load=None) -> dict:
     """mIoU of CAM archives at each background power, and the oracle choice.
 
     Labels = argmax of [(1 - max cam)^p ; cams] computed in float16 as the reference.
+    ``load(sample) -> (keys, cams)`` reads another format (default: ``<id>.npz`` of
+    ``cam_dirs``, its ``key`` array).
     """
     from .crf import cam_labels
     from .datasets import load_gt
     from .io import load_cams
 
+    if load is None:
+        def load(s):
+            return load_cams(find_file(cam_dirs, f"{s.id}.npz"), key)
     cms = {p: ConfusionMatrix(n_classes) for p in powers}
     for s in samples:
-        keys, cams = load_cams(find_file(cam_dirs, f"{s.id}.npz"), key)
+        keys, cams = load(s)
         gt = load_gt(s, cams.shape[1:], n_classes)
         for p in powers:
             cms[p].update(gt, cam_labels(keys, cams, p))

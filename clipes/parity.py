@@ -100,17 +100,11 @@ def compare_runs(dir_a, dir_b, ids, powers=(1, 2), samples=None, n_classes=None)
 
 
 def _miou(samples, folder, n_classes, powers) -> dict:
-    from .crf import cam_labels
-    from .datasets import load_gt
-    from .metrics import ConfusionMatrix
+    from .metrics import evaluate_cam_dir
 
-    cms = {p: ConfusionMatrix(n_classes) for p in powers}
-    for s in samples:
-        keys, cams = read_cam_file(find_cam_file(folder, s.id))
-        gt = load_gt(s, cams.shape[1:], n_classes)
-        for p in powers:
-            cms[p].update(gt, cam_labels(keys, cams, p))
-    return {str(p): cm.scores()["mIoU"] for p, cm in cms.items()}
+    res = evaluate_cam_dir(samples, folder, n_classes, powers,
+                           load=lambda s: read_cam_file(find_cam_file(folder, s.id)))
+    return res["by_power"]
 
 
 def check(summary: dict, bounds: dict = BOUNDS) -> dict:

@@ -21,6 +21,7 @@ the steps it finished.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -71,7 +72,7 @@ def main(argv=None):
     root = args.workdir / "VOC2012"
     split = root / "ImageSets" / "Segmentation" / "train.txt"
     if not split.is_file() or len(split.read_text().split()) != args.images:
-        ids = make_images(root, args.images, layout="voc", workers=os.cpu_count() or 1)
+        make_images(root, args.images, layout="voc", workers=os.cpu_count() or 1)
     ids = split.read_text().split()
     ckpt = args.checkpoint or args.workdir / "ViT-B-16-random.pt"
     if not ckpt.is_file():
@@ -87,7 +88,7 @@ def main(argv=None):
                "--batch-size", str(args.batch_size), "--loaders", str(args.loaders),
                "--writers", str(args.writers), *args.stage_options.split()]
         cmd += [] if prec == "fp32" else ["--autocast", prec]
-        subprocess.run(["rm", "-rf", str(out)], check=True)
+        shutil.rmtree(out, ignore_errors=True)
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t

@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clipes.text import VOC12_CLASSES  # noqa: E402 (standard library and numpy only)
 
 # (width, height) of VOC images, most common first, with their share
 VOC_SIZES = [((500, 375), 0.45), ((500, 333), 0.2), ((375, 500), 0.15), ((500, 400), 0.1),
@@ -40,9 +43,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-               "sheep", "sofa", "train", "tvmonitor"]
+VOC_CLASSES = list(VOC12_CLASSES)
 
 
 def _image(rng, sizes, weights):

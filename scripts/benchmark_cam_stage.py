@@ -88,6 +88,10 @@ def write_random_checkpoint(path: Path, model: str) -> None:
     torch.save({k: v.half() for k, v in clip.model.state_dict().items()}, path)
 
 
+def out_dir(work: Path, run: str) -> Path:
+    return work / "out" / run.replace(", ", "-").replace(" ", "_")
+
+
 def timed(cmd, cwd=None, env=None) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -123,7 +127,7 @@ def main(argv=None):
         runs["authors"] = []
     for _ in range(args.repeats):
         for name in runs:  # alternating: every round runs each once
-            out = work / "out" / name.replace(", ", "-").replace(" ", "_")
+            out = out_dir(work, name)
             shutil.rmtree(out, ignore_errors=True)
             if name == "authors":
                 env = dict(os.environ)
@@ -165,8 +169,7 @@ def main(argv=None):
             if name == "authors":
                 row += " 1.00x | - | - |"
             else:
-                cmp = parity.compare_runs(work / "out" / "authors",
-                                          work / "out" / name.replace(", ", "-").replace(" ", "_"), ids)
+                cmp = parity.compare_runs(out_dir(work, "authors"), out_dir(work, name), ids)
                 agree = cmp["label_agreement"]
                 row += (f" {base / med:.2f}x | {cmp['max_abs']:.1e} | "
                         f"{100 * agree['1']:.3f}% / {100 * agree['2']:.3f}% |")
