@@ -557,6 +557,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
             _write_log(log_path, rows)
             return model
     _write_log(log_path, rows)
+    if device.type == "cuda":
+        log(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB (allocated)")
     with atomic_path(out_dir / "model.pt", suffix=".pt") as tmp:
         torch.save({"model": model.state_dict(), "config": asdict(cfg), "init": used}, tmp)
     from .io import write_json

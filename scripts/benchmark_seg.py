@@ -120,6 +120,7 @@ def main():
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--loader", type=int, default=0, help="also time the data loader on N JPEGs")
     p.add_argument("--workers", type=int, default=4, help="data loader processes")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = p.parse_args()
 
     import torch
@@ -135,12 +136,21 @@ def main():
           "20k iterations (h) | loader batches/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     protocols = ["deeplab-pytorch", "torchvision"] if args.protocol == "both" else [args.protocol]
+    rows = []
     for protocol in protocols:
         dt, peak, shape = model_step(args, protocol, device)
-        rate = f"{loader_rate(args, protocol):.2f} ({args.workers} workers)" if args.loader else "-"
+        loader = loader_rate(args, protocol) if args.loader else None
+        rate = f"{loader:.2f} ({args.workers} workers)" if args.loader else "-"
+        rows.append({"protocol": protocol, "backbone": args.backbone, "crop": args.crop,
+                     "batch": shape, "s_per_iteration": dt, "iterations_per_s": 1 / dt,
+                     "peak_mb": peak, "loader_batches_per_s": loader})
         print(f"| {protocol} | {args.backbone} | {args.crop} | {shape} | {dt:.2f} | {1 / dt:.3f} | "
               f"{peak:.0f} ({'GPU allocated' if device.type == 'cuda' else 'max RSS'}) | "
               f"{20000 * dt / 3600:.1f} | {rate} |", flush=True)
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

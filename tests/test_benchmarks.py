@@ -1,5 +1,7 @@
 """The benchmark scripts run as the README gives them, on sizes small enough for CI."""
 
+import json
+
 import pytest
 
 from conftest import golden_dir, run_script
@@ -8,13 +10,15 @@ from conftest import golden_dir, run_script
 @pytest.mark.skipif(not (golden_dir() / "clip_tiny.pt").is_file(), reason="no tiny CLIP")
 def test_cam_scaling_benchmark_prints_one_row_per_size(tmp_path):
     proc = run_script("benchmark_cam_scaling", "--sizes", "2", "4", "--checkpoint",
-                      golden_dir() / "clip_tiny.pt", "--workdir", tmp_path)
+                      golden_dir() / "clip_tiny.pt", "--workdir", tmp_path, "--mix", "coco",
+                      "--extra", "--keep-plain --store full")
     rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
     assert [r.split("|")[1].strip() for r in rows] == ["2", "4"]
     for r in rows:
         cells = [float(c) for c in r.strip("|").split("|")]
         assert all(c > 0 for c in cells)
     assert len(list((tmp_path / "data" / "cams_4").glob("*.npz"))) == 4
+    assert float(rows[-1].split("|")[9]) > 100  # KB per image of the full layout, COCO sizes
 
 
 FAKE_AUTHORS = '''
@@ -78,13 +82,30 @@ def test_stage_benchmark_runs_the_authors_command_line_and_prints_the_ratio(tmp_
 
 @pytest.mark.skipif(not (golden_dir() / "clip_tiny.pt").is_file(), reason="no tiny CLIP")
 def test_gpu_benchmark_script_runs_its_steps_on_the_cpu(tmp_path):
-    """The script prepared for a lent GPU, on a few images, so it does not fail there for a
-    reason a CPU run would have shown."""
-    proc = run_script("benchmark_cam_gpu", "--device", "cpu", "--images", "1", "--precisions",
-                      "fp32", "bf16", "--parity-images", "1", "--loop-images", "0", "--batch-size",
-                      "2", "--loaders", "0", "--writers", "1", "--checkpoint",
-                      golden_dir() / "clip_tiny.pt", "--workdir", tmp_path / "w", "--out-dir",
-                      tmp_path / "out")
-    table = (tmp_path / "out" / "stage.md").read_text()
-    assert "| fp32 |" in table and "| bf16 |" in table and table in proc.stdout
-    assert len(list((tmp_path / "w" / "cams_bf16").glob("*.npz"))) == 1
+    """The script prepared for a lent GPU, on a few images and the smallest settings, every
+    step, so it does not fail there for a reason a CPU run would have shown."""
+    g = golden_dir()
+    proc = run_script("benchmark_gpu", "--device", "cpu", "--images", "2", "--subset", "1",
+                      "--cam-runs", "fastest, fp16", "fastest, fp32", "--parity-images", "1",
+                      "--crf-images", "2", "--crf-jobs", "1", "--seg-images", "2",
+                      "--seg-iterations", "2", "--seg-warmup", "0", "--seg-backbone", "tiny",
+                      "--seg-crop", "33", "--seg-workers", "0", "--checkpoint", g / "clip_tiny.pt",
+                      "--golden", g, "--parity-datasets", "voc12", "--parity-runs",
+                      "batched fp32", "batched bf16", "--no-pytest",
+                      "--workdir", tmp_path / "w", "--out-dir", tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert md.strip() in proc.stdout and not summary["not_run"]
+    cam = {r["run"]: r for r in summary["cam"]}
+    assert cam["fastest, fp16"]["status"] == cam["fastest, fp32"]["status"] == "ok"
+    assert cam["fastest, fp16"]["images"] == 2 and cam["fastest, fp32"]["images"] == 1
+    assert 0.99 < cam["fastest, fp16"]["vs_fp32_labels"]["1"] <= 1
+    assert len(list((tmp_path / "w" / "cams_fastest_fp16").glob("*.npz"))) == 2
+    assert summary["crf"]["status"] == "ok" and summary["crf"]["images"] == 2
+    seg = summary["seg"]
+    assert seg["status"] == "ok" and seg["iterations_per_s"] > 0 and seg["model_step"]["peak_mb"] > 0
+    rows = {(r["run"], r["against"]) for r in summary["parity"]["rows"]}
+    assert rows == {("batched fp32", "authors"), ("batched bf16", "authors"),
+                    ("batched bf16", "batched fp32, same device")}
+    for heading in ("## CAM stage", "## CRF stage", "## Segmentation training", "## Parity"):
+        assert heading in md
