@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from . import affinity, fastgrad
+from . import affinity, camstore, fastgrad
 from .model import VisionTower
 from .sizes import check_memory, input_size, memory_estimate_mb  # noqa: F401 (re-exported)
 
@@ -124,10 +123,22 @@ def scaled_backward(out: torch.Tensor, inp: torch.Tensor, grad_out: torch.Tensor
 
 @dataclass
 class CamResult:
+    """One image's maps on the patch grid, and (lazily) at the image size."""
+
     keys: np.ndarray  # (K,) int64 class indices, in label order
-    cams: np.ndarray  # (K, H, W) float32: refined (or plain) CAMs at the original size
-    plain: np.ndarray | None = None  # (K, H, W) float32 Grad-CAM before CAA (keep_plain)
+    grid: np.ndarray  # (K, gh, gw) float32: refined (or, without CAA, plain) normalised maps
+    image_hw: tuple[int, int]  # the original image's (H, W)
+    plain_grid: np.ndarray | None = None  # (K, gh, gw) float32 Grad-CAM before CAA (keep_plain)
     extras: dict = field(default_factory=dict)  # intermediates when CamConfig.dump
+
+    @property
+    def cams(self) -> np.ndarray:
+        """(K, H, W) float32 at the image size (camstore.upsample, the archives' resize)."""
+        return camstore.upsample(self.grid, self.image_hw)
+
+    @property
+    def plain(self) -> np.ndarray | None:
+        return None if self.plain_grid is None else camstore.upsample(self.plain_grid, self.image_hw)
 
 
 class CamEngine:
@@ -341,17 +352,16 @@ class CamEngine:
 
     # ---------------------------------------------------------------- output
     def _finish(self, keys, maps_grid: torch.Tensor, orig_hw, extras, plain_grid=None) -> CamResult:
-        """maps_grid (K, gh, gw) -> bilinear to the original (H, W), as cv2.resize."""
-        cams = _upsample(maps_grid, orig_hw)
-        extras.add_image(attn_highres_f32=cams)
-        plain = _upsample(plain_grid, orig_hw) if self.cfg.keep_plain else None
-        return CamResult(keys=keys, cams=cams, plain=plain, extras=extras.arrays())
-
-
-def _upsample(maps_grid: torch.Tensor, orig_hw) -> np.ndarray:
-    hi = F.interpolate(maps_grid[None].float(), size=tuple(orig_hw), mode="bilinear",
-                       align_corners=False)[0]
-    return hi.cpu().numpy().astype(np.float32)
+        """maps_grid (K, gh, gw) to the host; the resize to the original (H, W), bilinear as
+        cv2.resize, is camstore.upsample's, wherever the maps are read."""
+        grid = maps_grid.detach().float().cpu().numpy()
+        plain = plain_grid.detach().float().cpu().numpy() if self.cfg.keep_plain else None
+        res = CamResult(keys=keys, grid=grid, image_hw=tuple(int(v) for v in orig_hw),
+                        plain_grid=plain)
+        if extras.enabled:
+            extras.add_image(attn_highres_f32=res.cams)
+        res.extras = extras.arrays()
+        return res
 
 
 class _Dump:
@@ -441,26 +451,25 @@ def _loaded(chunks, loaders: int):
 
 def run_dataset(engine: CamEngine, samples, out_dir, resume: bool = False,
                 dump: bool = False, progress: bool = True, loaders: int = 0,
-                writers: int = 0, compress: bool = True) -> list[dict]:
-    """CAMs for dataset samples, written as ``out_dir/<id>.npz`` (see :mod:`clipes.io`).
+                store: str = camstore.STORE_GRID, compress: bool = True,
+                progress_every: int | None = None) -> list[dict]:
+    """CAMs for dataset samples, written as ``out_dir/<id>.npz`` in the ``store`` layout
+    (see :mod:`clipes.camstore`).
 
     Images are grouped by model input size so batched mode can stack them. With
     ``resume``, images whose archive exists are left as they are (archives are written
-    atomically, so an existing one is complete). Returns one record per image:
-    id, seconds (the model's time, per image of its chunk), number of classes, and
-    whether it was computed or reused.
+    atomically, so an existing one is complete). Returns one record per image: id,
+    seconds (the model's time, per image of its chunk), the time to decode it and to write
+    its archive, number of classes, and whether it was computed or reused.
 
-    The loop is pipelined without changing a byte of the outputs: ``loaders`` DataLoader
-    workers decode and resize the next chunks, ``writers`` threads compress and write the
-    archives (0: in this thread, one after the other); ``compress=False`` writes plain
-    .npz files (faster to write, about 1.4x larger).
+    ``loaders`` DataLoader workers decode and resize the next chunks while the model runs
+    (the outputs are the same bytes either way); ``compress=False`` writes plain .npz files.
+    Progress goes to stderr every ``progress_every`` images (default: about 20 lines a run).
     """
-    from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
     from .datasets import group_by_input_size
     from .errors import DatasetError
-    from .io import save_cams
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -468,7 +477,8 @@ def run_dataset(engine: CamEngine, samples, out_dir, resume: bool = False,
     todo = []
     for s in samples:
         if resume and (out_dir / f"{s.id}.npz").is_file():
-            records.append({"id": s.id, "seconds": 0.0, "n_classes": len(s.keys), "reused": True})
+            records.append({"id": s.id, "seconds": 0.0, "decode_s": 0.0, "write_s": 0.0,
+                            "n_classes": len(s.keys), "reused": True})
         else:
             todo.append(s)
     patch = engine.tower.patch
@@ -476,41 +486,32 @@ def run_dataset(engine: CamEngine, samples, out_dir, resume: bool = False,
     chunks = [(size, group[i:i + step])
               for size, group in group_by_input_size(todo, patch, engine.cfg.max_side).items()
               for i in range(0, len(group), step)]
-    pool = ThreadPoolExecutor(writers) if writers > 0 else None
-    pending = []
-
-    def write(path, keys, cams, extra):
-        save_cams(path, keys, cams, compress=compress, **extra)
-
-    done = 0
-    try:
-        for (size, chunk), images in zip(chunks, _loaded(chunks, loaders)):
-            if isinstance(images, DatasetError):
-                raise images
-            t0 = time.perf_counter()
-            results = engine.run(images, [np.asarray(s.keys) for s in chunk],
-                                 [s.orig_hw for s in chunk])
-            dt = (time.perf_counter() - t0) / len(chunk)
-            for s, r in zip(chunk, results):
-                extra = {f"dbg_{k}": v for k, v in r.extras.items()} if dump else {}
-                if r.plain is not None:
-                    extra["cams_plain"] = r.plain.astype(np.float16)
-                args = (out_dir / f"{s.id}.npz", r.keys, r.cams, extra)
-                if pool is None:
-                    write(*args)
-                else:
-                    pending.append(pool.submit(write, *args))
-            while len(pending) > 4 * max(writers, 1):  # bound the archives held in memory
-                pending.pop(0).result()
-            records += [{"id": s.id, "seconds": dt, "n_classes": len(s.keys), "reused": False}
-                        for s in chunk]
-            done += len(chunk)
-            if progress:
-                print(f"cams {done}/{len(todo)} ({dt:.2f} s/image, input {size[1]}x{size[0]})",
-                      file=sys.stderr)
-        for f in pending:
-            f.result()  # a failed write is raised here
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+    every = progress_every or max(1, len(todo) // 20)
+    done, t_start, shown = 0, time.perf_counter(), 0
+    loaded = _loaded(chunks, loaders)
+    for size, chunk in chunks:
+        t0 = time.perf_counter()
+        images = next(loaded)  # decoded here, or waited for from the loader workers
+        if isinstance(images, DatasetError):
+            raise images
+        t1 = time.perf_counter()
+        results = engine.run(images, [np.asarray(s.keys) for s in chunk],
+                             [s.orig_hw for s in chunk])
+        t2 = time.perf_counter()
+        for s, r in zip(chunk, results):
+            extra = {f"dbg_{k}": v for k, v in r.extras.items()} if dump else {}
+            camstore.save_cams(out_dir / f"{s.id}.npz", r.keys, r.grid, r.image_hw,
+                               r.plain_grid, store=store, compress=compress, **extra)
+        t3 = time.perf_counter()
+        n = len(chunk)
+        records += [{"id": s.id, "seconds": (t2 - t1) / n, "decode_s": (t1 - t0) / n,
+                     "write_s": (t3 - t2) / n, "n_classes": len(s.keys), "reused": False}
+                    for s in chunk]
+        done += n
+        if progress and (done - shown >= every or done == len(todo)):
+            shown = done
+            rate = done / (t3 - t_start)
+            print(f"cams {done}/{len(todo)}: {rate:.2f} images/s, eta "
+                  f"{(len(todo) - done) / rate:.0f} s (last chunk: input {size[1]}x{size[0]}, "
+                  f"model {(t2 - t1) / n:.3f} s/image)", file=sys.stderr, flush=True)
     return records

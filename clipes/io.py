@@ -1,4 +1,4 @@
-"""File I/O: atomic writes, CAM archives and palette PNG masks.
+"""File I/O: atomic writes, JSON and palette PNG masks (CAM archives: clipes.camstore).
 
 Every output is written to a temporary file in the destination folder and renamed into
 place, so an interrupted run never leaves a half-written file that looks finished.
@@ -19,11 +19,7 @@ from .errors import DatasetError
 
 IGNORE = 255  # label value ignored by metrics and by the segmentation loss
 
-# CAM archive format (one .npz per image):
-#   keys  int64   (K,)       class indices (0-based into the dataset's class list), label order
-#   cams  float16 (K, H, W)  refined CAMs in [0, 1] at the original image size
-#   cams_plain float16 (K, H, W)  optional: the Grad-CAM before CAA (--keep-plain)
-CAM_DTYPE = np.float16
+# CAM archives (their two layouts and the one reader): clipes.camstore
 
 
 def _file_mode() -> int:
@@ -94,28 +90,6 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def save_cams(path, keys: np.ndarray, cams: np.ndarray, compress: bool = True,
-              **extra: np.ndarray) -> None:
-    """Write one image's CAM archive (see the format above); ``extra`` arrays are added.
-    ``compress=False``: a plain .npz (read the same way)."""
-    arrays = {"keys": np.asarray(keys, dtype=np.int64),
-              "cams": np.asarray(cams).astype(CAM_DTYPE)}
-    arrays.update(extra)
-    with atomic_path(path, suffix=".npz") as tmp:
-        (np.savez_compressed if compress else np.savez)(tmp, **arrays)
-
-
-def load_cams(path, key: str = "cams") -> tuple[np.ndarray, np.ndarray]:
-    """(keys (K,) int64, cams (K, H, W) float16) of a CAM archive; ``key="cams_plain"``
-    reads the Grad-CAM before CAA where the archive keeps it."""
-    try:
-        with np.load(path) as z:
-            return z["keys"].astype(np.int64), z[key]
-    except (OSError, KeyError, ValueError) as e:
-        raise DatasetError(f"{path}: not a CAM archive with 'keys' and 'cams' ({e}); "
-                         f"delete it and rerun the CAM stage") from e
 
 
 def voc_palette() -> list[int]:

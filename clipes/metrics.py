@@ -94,7 +94,7 @@ def evaluate_cam_dir(samples, cam_dirs, n_classes: int, powers=(1, 2), key: str 
     """
     from .crf import cam_labels
     from .datasets import load_gt
-    from .io import load_cams
+    from .camstore import load_cams
 
     if load is None:
         def load(s):

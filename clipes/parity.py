@@ -14,7 +14,8 @@ so runs are compared on three levels:
 :data:`BOUNDS` are the bounds the README's parity table states for such runs.
 
 Both the project's archives (``<id>.npz`` with ``keys``, ``cams``) and the authors' files
-(``<id>.npy``: a pickled dict with ``keys``, ``attn_highres``) are read.
+(``<id>.npy``: a pickled dict with ``keys``, ``attn_highres``, read without running pickle
+code) are read.
 """
 
 from __future__ import annotations
@@ -33,17 +34,10 @@ BOUNDS = {
 
 def read_cam_file(path) -> tuple[np.ndarray, np.ndarray]:
     """(keys (K,) int64, cams (K, H, W) float16) of an archive of either kind."""
-    path = Path(path)
-    if path.suffix == ".npy":  # the authors' format
-        try:
-            d = np.load(path, allow_pickle=True).item()
-            return np.asarray(d["keys"], dtype=np.int64), np.asarray(d["attn_highres"])
-        except (OSError, KeyError, ValueError, AttributeError) as e:
-            raise DatasetError(f"{path}: not a CAM file of the authors' code (a dict with "
-                               f"'keys' and 'attn_highres'): {e}") from e
-    from .io import load_cams
+    from .camstore import load_authors_npy, load_cams
 
-    return load_cams(path)
+    path = Path(path)
+    return load_authors_npy(path) if path.suffix == ".npy" else load_cams(path)
 
 
 def find_cam_file(folder, image_id: str) -> Path:

@@ -346,7 +346,7 @@ def per_image_iou(gt: np.ndarray, pred: np.ndarray) -> float:
 def gallery_items(samples, pseudo_dirs, cam_dirs, pred_dirs, n: int) -> list[dict]:
     """The n best and n worst images by per-image IoU of their pseudo masks."""
     from .datasets import load_gt
-    from .io import load_cams
+    from .camstore import load_cams
     from .metrics import find_file
     from .segmentation import load_rgb
 

@@ -28,6 +28,10 @@ from clipes.text import VOC12_CLASSES  # noqa: E402 (standard library and numpy 
 # (width, height) of VOC images, most common first, with their share
 VOC_SIZES = [((500, 375), 0.45), ((500, 333), 0.2), ((375, 500), 0.15), ((500, 400), 0.1),
              ((480, 360), 0.1)]
+# COCO's: mostly 640 on the long side
+COCO_SIZES = [((640, 480), 0.45), ((640, 427), 0.25), ((480, 640), 0.15), ((640, 426), 0.1),
+              ((500, 375), 0.05)]
+MIXES = {"voc": (VOC_SIZES, 3), "coco": (COCO_SIZES, 5)}  # sizes, most labels per image
 CLASSES = ["cat", "dog", "person", "car", "bird"]
 
 
@@ -39,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--checkpoint", help="OpenAI-format CLIP file (default: random ViT-B/16)")
     p.add_argument("--extra", default="", help="more scripts/cams.py options, one string")
+    p.add_argument("--mix", choices=list(MIXES), default="voc",
+                   help="image sizes and label counts: voc (around 500x375, 1-3 labels) or "
+                        "coco (around 640x480, 1-5 labels)")
     p.add_argument("--workdir", type=Path, help="keep the generated data here")
     return p.parse_args(argv)
 
@@ -57,14 +64,16 @@ def _image(rng, sizes, weights):
 
 def _write_one(job):
     """One generated image (and its VOC XML); a job of a process pool."""
-    root, i, seed, layout = job
+    root, i, seed, layout, mix = job
     import numpy as np
 
     rng = np.random.default_rng([seed, i])
-    sizes, weights = zip(*VOC_SIZES)
+    size_mix, most = MIXES[mix]
+    sizes, weights = zip(*size_mix)
     im = _image(rng, sizes, weights)
     names = VOC_CLASSES if layout == "voc" else CLASSES
-    labels = [names[k] for k in rng.choice(len(names), size=int(rng.integers(1, 4)), replace=False)]
+    labels = [names[k] for k in rng.choice(len(names), size=int(rng.integers(1, most + 1)),
+                                           replace=False)]
     iid = f"{i:05d}" if layout == "custom" else f"2099_{i:06d}"
     if layout == "custom":
         im.save(root / "images" / f"{iid}.jpg", quality=90)
@@ -77,8 +86,10 @@ def _write_one(job):
     return iid
 
 
-def make_images(root: Path, n: int, seed: int = 0, layout: str = "custom", workers: int = 1):
-    """n VOC-like JPEGs (VOC's size mix, 1-3 labels each), the same for a seed.
+def make_images(root: Path, n: int, seed: int = 0, layout: str = "custom", workers: int = 1,
+                mix: str = "voc"):
+    """n VOC-like JPEGs (VOC's size mix, 1-3 labels each; with mix "coco" COCO's sizes and
+    1-5 labels), the same for a seed.
 
     layout "custom": ROOT/images/<id>.jpg and ROOT/labels.csv (a dataset of your own);
     "voc": ROOT/JPEGImages, ROOT/Annotations (XML: size and objects) and
@@ -87,7 +98,7 @@ def make_images(root: Path, n: int, seed: int = 0, layout: str = "custom", worke
     for sub in (("images",) if layout == "custom" else ("JPEGImages", "Annotations",
                                                          "ImageSets/Segmentation")):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(root, i, seed, layout) for i in range(n)]
+    jobs = [(root, i, seed, layout, mix) for i in range(n)]
     if workers > 1:
         from multiprocessing import Pool
 
@@ -126,9 +137,15 @@ def run_once(root: Path, n: int, args) -> dict:
     peak_kb = int(proc.stdout.strip().splitlines()[-1])
     import pandas as pd
 
-    loop = float(pd.read_csv(out / "records.tsv", sep="\t")["seconds"].sum())
+    rec = pd.read_csv(out / "records.tsv", sep="\t")
+    loop = float(rec["seconds"].sum())
+    archives = list(out.glob("*.npz"))
     return {"images": n, "wall_s": wall, "s_per_image": wall / n, "loop_s_per_image": loop / n,
-            "startup_s": wall - loop,
+            "decode_ms": 1000 * float(rec["decode_s"].mean()),
+            "write_ms": 1000 * float(rec["write_s"].mean()),
+            "labels_per_image": float(rec["n_classes"].mean()),
+            "bytes_per_image": sum(p.stat().st_size for p in archives) / len(archives),
+            "startup_s": wall - loop - float(rec["decode_s"].sum() + rec["write_s"].sum()),
             "peak_mb": peak_kb / 1024}
 
 
@@ -139,13 +156,18 @@ def main(argv=None):
         tmp = tempfile.TemporaryDirectory(prefix="clipes-scaling-")
         args.workdir = Path(tmp.name)
     root = args.workdir / "data"
-    make_images(root, max(args.sizes))
+    make_images(root, max(args.sizes), mix=args.mix)
     rows = [run_once(root, n, args) for n in sorted(args.sizes)]
-    print("| images | wall s | s/image | model s/image | startup + I/O s | peak MB |")
-    print("|---|---|---|---|---|---|")
+    print(f"{args.mix} mix, cams.py {args.extra or '(defaults)'}")
+    print()
+    print("| images | labels/image | wall s | s/image | model s/image | decode ms/image | "
+          "write ms/image | other s | archive KB/image | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['images']} | {r['wall_s']:.1f} | {r['s_per_image']:.3f} | "
-              f"{r['loop_s_per_image']:.3f} | {r['startup_s']:.1f} | {r['peak_mb']:.0f} |")
+        print(f"| {r['images']} | {r['labels_per_image']:.2f} | {r['wall_s']:.1f} | "
+              f"{r['s_per_image']:.3f} | {r['loop_s_per_image']:.3f} | {r['decode_ms']:.1f} | "
+              f"{r['write_ms']:.1f} | {r['startup_s']:.1f} | {r['bytes_per_image'] / 1000:.1f} | "
+              f"{r['peak_mb']:.0f} |")
     if tmp is not None:
         tmp.cleanup()
 

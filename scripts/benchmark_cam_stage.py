@@ -38,7 +38,7 @@ VARIANTS = {  # name -> scripts/cams.py options
     "reference": "--mode reference",
     "batched": "--mode batched",
     "batched, trimmed text": "--mode batched --text-context trimmed",
-    "batched, trimmed text, 1 writer": "--mode batched --text-context trimmed --writers 1",
+    "batched, full archives": "--mode batched --store full",
 }
 
 SHIM = r"""

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Stage 2+3: softmax-GradCAM + CAA refined CAMs, one OUT/<id>.npz per image.
 
-Each archive holds ``keys`` (int64, class indices in label order) and ``cams``
-(float16, K x H x W at the original image size: the reference ``attn_highres``).
+Each archive holds ``keys`` (int64, class indices in label order) and the refined maps,
+by default on the model's patch grid (``--store grid``: a few KB per image) or at the image
+size (``--store full``: float16, the reference's ``attn_highres``). clipes.camstore reads
+both to the same float16 maps; ``scripts/export_cams.py`` writes the authors' .npy files.
 
 Example (the paper's setting on VOC12 train):
     python scripts/cams.py --dataset voc12 --root data/VOC2012 \
@@ -16,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipes import affinity, cam, cli, datasets, io, text  # noqa: E402
+from clipes import affinity, cam, camstore, cli, datasets, io, text  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -59,11 +61,12 @@ def parse_args(argv=None):
     r.add_argument("--loaders", type=int, default=0,
                    help="DataLoader worker processes decoding the next images while the "
                         "model runs (default 0: decoded in this process)")
-    r.add_argument("--writers", type=int, default=0,
-                   help="threads compressing and writing archives beside the model (0: "
-                        "written in the loop); outputs identical either way")
+    r.add_argument("--store", choices=camstore.STORES, default=camstore.STORE_GRID,
+                   help="archive layout: grid (the maps on the patch grid, resized when read; "
+                        "about 7 KB per VOC image) or full (float16 maps at the image size, "
+                        "about 585 KB); readers get the same bits from either")
     r.add_argument("--no-compress", action="store_true",
-                   help="write plain .npz archives (faster, about 1.4x larger)")
+                   help="write plain .npz archives (read the same way)")
     r.add_argument("--memory-mb", type=float,
                    help="memory this run may use: images whose CAMs need more are refused up "
                         "front, naming them (the workflow passes the rule's mem_mb)")
@@ -106,15 +109,16 @@ def main(argv=None):
     engine = cam.CamEngine(clip, fg, bg, cfg, device)
     records = cam.run_dataset(engine, samples, args.out, resume=args.resume,
                               dump=args.dump_intermediates, loaders=args.loaders,
-                              writers=args.writers, compress=not args.no_compress)
+                              store=args.store, compress=not args.no_compress)
     if args.records:  # the standard library: pandas would cost a second of start-up
         import csv
         import io as _io
 
         buf = _io.StringIO()
         w = csv.writer(buf, delimiter="\t", lineterminator="\n")
-        w.writerow(["id", "seconds", "n_classes", "reused"])
-        w.writerows([r["id"], r["seconds"], r["n_classes"], r["reused"]] for r in records)
+        cols = ["id", "seconds", "decode_s", "write_s", "n_classes", "reused"]
+        w.writerow(cols)
+        w.writerows([r[c] for c in cols] for r in records)
         io.write_text(args.records, buf.getvalue())
 
 

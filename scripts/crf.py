@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipes import cli, crf, datasets, io, metrics  # noqa: E402
+from clipes import camstore, cli, crf, datasets, io, metrics  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -52,7 +52,7 @@ def one_image(sample: datasets.Sample, args, params: crf.CrfParams) -> str:
                                           or (args.labels_out / f"{sample.id}.png").is_file()):
         return sample.id
     path = metrics.find_file(args.cams, f"{sample.id}.npz")
-    keys, cams = io.load_cams(path)
+    keys, cams = camstore.load_cams(path)
     if cams.shape[1:] != tuple(sample.orig_hw):
         raise datasets.DatasetError(
             f"{path}: CAMs are {cams.shape[2]}x{cams.shape[1]} but "

@@ -168,11 +168,13 @@ def test_batched_with_and_without_fast_backward_agree(tiny_clip):
 
 
 @pytest.mark.parametrize("mode", ["reference", "batched"])
-def test_pipelined_cam_loop_writes_the_same_bytes(tiny_clip, tmp_path, mode):
-    """Loader workers, writer threads and plain archives change no number of the output."""
+def test_loaders_and_layouts_give_the_same_maps(tiny_clip, tmp_path, mode):
+    """Loader workers change no byte of the archives; the full layout, plain archives and
+    the grid layout read to the same float16 maps (refined and plain), which are the
+    engine's maps at the image size."""
     from PIL import Image
 
-    from clipes import io
+    from clipes import camstore
     from clipes.datasets import Sample
 
     rng = np.random.default_rng(0)
@@ -182,20 +184,31 @@ def test_pipelined_cam_loop_writes_the_same_bytes(tiny_clip, tmp_path, mode):
         Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(p)
         samples.append(Sample(f"i{i}", p, (i % 3, (i + 1) % 3)[: 1 + i % 2], hw, None, i))
     engine = _engine(tiny_clip, mode, batch_size=2)
-    engine.cfg.dump = False
-    serial = cam.run_dataset(engine, samples, tmp_path / "serial", loaders=0, writers=0,
-                             progress=False)
-    piped = cam.run_dataset(engine, samples, tmp_path / "piped", loaders=2, writers=3,
-                            progress=False)
+    engine.cfg.dump, engine.cfg.keep_plain = False, True
+    serial = cam.run_dataset(engine, samples, tmp_path / "serial", loaders=0, progress=False)
+    piped = cam.run_dataset(engine, samples, tmp_path / "piped", loaders=2, progress=False)
     assert [r["id"] for r in serial] == [r["id"] for r in piped]
     for s in samples:
         a = (tmp_path / "serial" / f"{s.id}.npz").read_bytes()
         assert a == (tmp_path / "piped" / f"{s.id}.npz").read_bytes(), s.id
-    cam.run_dataset(engine, samples, tmp_path / "plain", writers=2, compress=False, progress=False)
+    cam.run_dataset(engine, samples, tmp_path / "full", store="full", progress=False)
+    cam.run_dataset(engine, samples, tmp_path / "plain", compress=False, progress=False)
+    direct = {s.id: r for s, r in zip(samples, engine.run(
+        [cam.preprocess(Image.open(s.image), cam.input_size(s.orig_hw)) for s in samples],
+        [np.asarray(s.keys) for s in samples], [s.orig_hw for s in samples]))} \
+        if mode == "reference" else {}
     for s in samples:
-        k1, c1 = io.load_cams(tmp_path / "serial" / f"{s.id}.npz")
-        k2, c2 = io.load_cams(tmp_path / "plain" / f"{s.id}.npz")
-        assert np.array_equal(k1, k2) and np.array_equal(c1, c2)
+        for key in ("cams", "cams_plain"):
+            k1, c1 = camstore.load_cams(tmp_path / "serial" / f"{s.id}.npz", key)
+            for other in ("full", "plain"):
+                k2, c2 = camstore.load_cams(tmp_path / other / f"{s.id}.npz", key)
+                assert np.array_equal(k1, k2) and c1.tobytes() == c2.tobytes(), (s.id, key, other)
+            assert c1.dtype == np.float16 and c1.shape == (len(s.keys), *s.orig_hw)
+            if direct:  # what the engine made, resized and rounded
+                want = direct[s.id].cams if key == "cams" else direct[s.id].plain
+                assert c1.tobytes() == want.astype(np.float16).tobytes()
+    with np.load(tmp_path / "full" / f"{samples[0].id}.npz") as z:
+        assert str(z["format"]) == camstore.FORMAT["full"] and z["cams"].dtype == np.float16
 
 
 @pytest.mark.parametrize("stored", ["fp16", "fp32"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipes import camstore
 from conftest import run_script
 
 MODES = ["reference", "batched"]
@@ -37,7 +38,8 @@ def cam_run(request, golden, tmp_path_factory):
     dataset, mode = request.param
     out = tmp_path_factory.mktemp(f"cams-{dataset}-{mode}")
     run_script("cams", *_args(golden, dataset), "--checkpoint", golden / "clip_tiny.pt",
-               "--out", out / "cams", "--mode", mode, "--device", DEVICE, "--dump-intermediates")
+               "--out", out / "cams", "--mode", mode, "--device", DEVICE, "--dump-intermediates",
+               "--keep-plain")
     return dataset, mode, out
 
 
@@ -55,11 +57,13 @@ def test_outputs_and_intermediates(cam_run, golden):
     for iid in ids:
         g = np.load(golden / sub / "golden" / f"{iid}.npz")
         o = np.load(out / "cams" / f"{iid}.npz")
-        # the command-line contract
-        assert o["keys"].dtype == np.int64 and o["cams"].dtype == np.float16
-        np.testing.assert_array_equal(o["keys"], g["keys"])
-        assert o["cams"].shape == g["attn_highres_fp16"].shape
-        d = o["cams"].astype(np.float32) - g["attn_highres_fp16"].astype(np.float32)
+        # the command-line contract: the default (grid) layout, read to full maps
+        assert str(o["format"]) == camstore.FORMAT["grid"]
+        keys, cams = camstore.load_cams(out / "cams" / f"{iid}.npz")
+        assert keys.dtype == np.int64 and cams.dtype == np.float16
+        np.testing.assert_array_equal(keys, g["keys"])
+        assert cams.shape == g["attn_highres_fp16"].shape
+        d = cams.astype(np.float32) - g["attn_highres_fp16"].astype(np.float32)
         worst["attn_highres_fp16"] = max(worst.get("attn_highres_fp16", 0), np.abs(d).max())
         # exact arrays
         np.testing.assert_array_equal(o["dbg_box_mask"], g["box_mask"], err_msg=iid)
@@ -94,6 +98,42 @@ def test_outputs_and_intermediates(cam_run, golden):
     assert worst["logits"] <= 1e-3 and worst["image_feature"] <= 1e-4
     assert worst["text_features_used"] <= 1e-6
     assert worst["cam_refined_raw"] <= 1e-4
+
+
+def test_full_layout_reads_to_the_same_bits_and_masks(cam_run, golden, tmp_path):
+    """--store full (the maps at the image size) against the default grid layout: the same
+    float16 arrays, refined and plain, for every image; on one run also the same pseudo
+    masks, CRF labels, confidence maps and evaluation JSONs (timing fields aside)."""
+    dataset, mode, out = cam_run
+    full = tmp_path / "full"
+    run_script("cams", *_args(golden, dataset), "--checkpoint", golden / "clip_tiny.pt",
+               "--out", full, "--mode", mode, "--device", DEVICE, "--keep-plain", "--store", "full")
+    ids = _golden_ids(golden, dataset)
+    for iid in ids:
+        with np.load(full / f"{iid}.npz") as z:
+            assert str(z["format"]) == camstore.FORMAT["full"] and z["cams"].dtype == np.float16
+        for key in ("cams", "cams_plain"):
+            kg, cg = camstore.load_cams(out / "cams" / f"{iid}.npz", key)
+            kf, cf = camstore.load_cams(full / f"{iid}.npz", key)
+            assert np.array_equal(kg, kf) and cg.tobytes() == cf.tobytes(), (iid, key)
+    if (dataset, mode) != ("voc12", "batched"):
+        return
+    outputs = {}
+    for name, cams in (("grid", out / "cams"), ("full", full)):
+        d = tmp_path / f"stages_{name}"
+        run_script("crf", *_args(golden, dataset), "--cams", cams, "--out", d / "pm",
+                   "--labels-out", d / "labels", "--conf-out", d / "conf", "--jobs", "2")
+        for what, args in (("cams", ["--cams", cams]), ("plain", ["--cams", cams, "--cam-key",
+                                                                    "cams_plain"]),
+                           ("masks", ["--masks", d / "pm"]), ("labels", ["--masks", d / "labels"])):
+            run_script("evaluate", *_args(golden, dataset), *args, "--out", d / f"{what}.json")
+        outputs[name] = {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
+                         if p.is_file() and p.suffix == ".png"}
+        outputs[name].update({p.name: {k: v for k, v in json.loads(p.read_text()).items()
+                                       if "second" not in k and "time" not in k}
+                              for p in d.glob("*.json")})
+    assert outputs["grid"].keys() == outputs["full"].keys() and len(outputs["grid"]) > 3 * len(ids)
+    assert outputs["grid"] == outputs["full"]
 
 
 def test_cam_miou_matches_reference(cam_run, golden, tmp_path):
@@ -164,12 +204,13 @@ def test_labels_and_miou_within_the_parity_bounds(cam_run, golden, tmp_path):
 
 
 def test_reduced_precision_against_the_bounds(golden, tmp_path):
-    """Against the authors' fp32 maps, fp16 autocast keeps the label bound on golden VOC
-    images and bf16 does not (its 8-bit mantissa moves about 0.2% of the labels);
-    compare_cams --check says so with its exit status. On each precision's worst image
-    of the set at power 1 (autocast is slow on a CPU)."""
+    """Against the authors' fp32 maps, fp16 autocast keeps the label bound on its worst golden
+    VOC image; compare_cams --check reports each precision's verdict with its exit status.
+    bf16 keeps 8 bits of mantissa: on CPUs without native bf16 instructions it moves about
+    0.2% of the labels of its worst image (the bound fails), with them (AVX512-BF16) it can
+    hold, so its verdict is checked for consistency, not for a given outcome."""
     ref = _golden_as_authors_files(golden, "voc12", tmp_path / "authors")
-    for precision, holds, worst in (("fp16", True, "2099_000006"), ("bf16", False, "2099_000007")):
+    for precision, worst in (("fp16", "2099_000006"), ("bf16", "2099_000007")):
         split = tmp_path / f"{precision}.txt"
         split.write_text(worst + "\n")
         args = ["--dataset", "voc12", "--root", golden / "voc", "--split", split]
@@ -178,8 +219,12 @@ def test_reduced_precision_against_the_bounds(golden, tmp_path):
         proc = run_script("compare_cams", ref, tmp_path / precision, *args,
                           "--out", tmp_path / f"{precision}.json", "--check", check=False)
         summary = json.loads((tmp_path / f"{precision}.json").read_text())
-        assert proc.returncode == (0 if holds else 1), proc.stderr
-        assert summary["images"] == 1 and summary["holds"]["label_agreement"] is holds
+        holds = min(summary["label_agreement"].values()) >= 0.999
+        assert summary["holds"]["label_agreement"] is holds
+        assert proc.returncode == (0 if all(summary["holds"].values()) else 1), proc.stderr
+        if precision == "fp16":
+            assert holds and proc.returncode == 0, summary["label_agreement"]
+        assert summary["images"] == 1
         assert 0 < summary["max_abs"] < 0.5 and min(summary["label_agreement"].values()) > 0.99
         assert "| CAM labels equal, power 1 |" in proc.stdout
 

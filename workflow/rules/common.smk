@@ -641,7 +641,7 @@ def cam_args(variant):
         args.append(f"--box-threshold {c['box_threshold']}")
     if c["max_side"] is not None:
         args.append(f"--max-side {c['max_side']}")
-    args.append(f"--loaders {c['loaders']} --writers {c['writers']}")
+    args.append(f"--loaders {c['loaders']} --store {c['store']}")
     if not c["compress"]:
         args.append("--no-compress")
     for key, flag in (
