@@ -51,8 +51,12 @@ def json_or_file(value, what: str):
     """A file path (returned as a Path) or a JSON list given inline (returned parsed)."""
     if value is None or isinstance(value, list):
         return value
-    if Path(value).is_file():
-        return Path(value)
+    if not str(value).lstrip().startswith("["):
+        try:
+            if Path(value).is_file():
+                return Path(value)
+        except OSError:  # too long for a file name: a list given inline without '['
+            pass
     if str(value).lstrip().startswith("["):
         try:
             return json.loads(value)
@@ -61,21 +65,36 @@ def json_or_file(value, what: str):
     raise datasets.DatasetError(f"{what}: file not found: {value}")
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """A user's text file as UTF-8 (a BOM dropped); other encodings are a one-line error."""
+    try:
+        return Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise datasets.DatasetError(f"{path}: {what} is not UTF-8 text (byte {e.start}); save it "
+                                    f"as UTF-8") from None
+
+
 def read_class_list(path: Path) -> list:
     """Class entries from YAML/JSON (a list) or text ('name: syn, syn' per line)."""
     if not path.is_file():
         raise datasets.DatasetError(f"class list not found: {path}")
+    text = read_text_file(path, "the class list")
     if path.suffix in (".yaml", ".yml", ".json"):
         import yaml
 
-        data = yaml.safe_load(path.read_text())
+        try:
+            data = yaml.safe_load(text)  # plain data only: tags that build objects are refused
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0]
+            raise datasets.DatasetError(f"{path}: not a plain YAML/JSON list of classes ({first}); "
+                                        f"write names, or {{name, synonyms}} entries") from None
         if isinstance(data, dict) and "classes" in data:
             data = data["classes"]
         if not isinstance(data, list):
             raise datasets.DatasetError(f"{path}: expected a list of classes")
         return data
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -95,7 +114,8 @@ def dataset_from_args(args, need_gt: bool = False) -> datasets.Dataset:
         if args.background is not None:
             bg = json_or_file(args.background, "--background")
             if isinstance(bg, Path):
-                bg = [w.strip() for w in bg.read_text().splitlines() if w.strip()]
+                bg = [w.strip() for w in read_text_file(bg, "the background list").splitlines()
+                      if w.strip()]
         classes = json_or_file(args.classes, "--classes")
         if isinstance(classes, Path):
             classes = read_class_list(classes)
@@ -170,5 +190,17 @@ def run(main) -> None:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        import errno
+
+        if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        fix = {errno.ENOSPC: "free space there or point the outputs elsewhere",
+               errno.EDQUOT: "free space in your quota or point the outputs elsewhere",
+               errno.EROFS: "point the outputs to a writable folder",
+               errno.EACCES: "check the folder's permissions"}[e.errno]
+        print(f"error: {e.strerror}{where}: {fix}", file=sys.stderr)
         sys.exit(2)
     print(f"done in {time.time() - t0:.1f} s", file=sys.stderr)

@@ -63,6 +63,12 @@ def _need_dir(path: Path, what: str, fix: str) -> None:
         raise DatasetError(f"missing folder {path} ({what}): download {fix}")
 
 
+def _files(folder: Path, suffix: str) -> list[Path]:
+    """The folder's files with the suffix, without hidden ones (macOS's ._* and .DS_Store
+    files that archives made on a Mac carry)."""
+    return [p for p in folder.glob(f"*{suffix}") if not p.name.startswith(".")]
+
+
 def _ids(path: Path) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"split file not found: {path}")
@@ -170,11 +176,11 @@ def convert_voc12(voc: Path, out: Path, sbd: Path | None = None,
     voc_train = _ids(voc / "ImageSets/Segmentation/train.txt")
     voc_val = _ids(voc / "ImageSets/Segmentation/val.txt")
     val_set = set(voc_val)
-    voc_gt = {p.stem for p in (voc / "SegmentationClass").glob("*.png")}
+    voc_gt = {p.stem for p in _files(voc / "SegmentationClass", ".png")}
     summary: dict = {"kind": "voc12", "voc": str(voc), "mask_source": source,
                      "voc_train": len(voc_train), "voc_val": len(voc_val)}
     if aug_masks is not None:
-        aug_ids = sorted(p.stem for p in aug_masks.glob("*.png"))
+        aug_ids = sorted(p.stem for p in _files(aug_masks, ".png"))
         if not aug_ids:
             raise DatasetError(f"{aug_masks} holds no PNG masks; re-extract {AUG_ZIP}")
         summary["aug_masks"] = str(aug_masks)

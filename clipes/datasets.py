@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from . import text
 from .errors import DatasetError
-from .manifest import IMAGE_EXTS, coco_file as _coco_file, find_image as _find_image, read_split  # noqa: F401
+from .manifest import IMAGE_EXTS, check_id, inside, coco_file as _coco_file, find_image as _find_image, read_split, read_split_lines  # noqa: F401
 
 VOC12_DOWNLOAD = (
     "Download VOCtrainval_11-May-2012.tar from the PASCAL VOC 2012 site and "
@@ -51,6 +51,8 @@ class Dataset:
     background: tuple[str, ...]
     samples: list[Sample]
     skipped: list[dict]  # images left out, with the reason
+    # background words left out because they name a class (text.split_background)
+    background_removed: list[str] = field(default_factory=list)
 
     @property
     def n_classes(self) -> int:
@@ -189,13 +191,16 @@ def load_voc12(root, split, check_sizes: bool = True, need_gt: bool = False,
     classes = text.dataset_classes("voc12", reference)
     index = {c.name: i for i, c in enumerate(classes)}
     samples, skipped = [], []
-    for r, row in enumerate(read_split(split)):
+    for r, (line, row) in enumerate(read_split_lines(split)):
         iid = row[0]
         xml = root / "Annotations" / f"{iid}.xml"
-        keys, hw = voc_xml_labels(xml, index)
         img = root / "JPEGImages" / f"{iid}.jpg"
         if not img.is_file():
-            raise DatasetError(f"image not found: {img} (listed in {split})")
+            raise DatasetError(_unknown_id(split, line, iid, img))
+        if not xml.is_file():
+            raise DatasetError(f"{split}:{line}: {iid!r} has no annotation {xml}; re-extract "
+                               f"the VOC tar or remove the id from the split file")
+        keys, hw = voc_xml_labels(xml, index)
         if check_sizes:
             real = image_size_hw(img)
             if real != hw:
@@ -217,7 +222,7 @@ def load_coco14(root, split, need_gt: bool = False, reference: bool = True) -> D
         _require_dir(root / "SegmentationClass", "ground-truth masks", COCO14_DOWNLOAD)
     classes = text.dataset_classes("coco14", reference)
     samples, skipped = [], []
-    for r, row in enumerate(read_split(split)):
+    for r, (line, row) in enumerate(read_split_lines(split)):
         iid = row[0]
         try:
             labels = [int(v) for v in row[1:]]
@@ -231,7 +236,7 @@ def load_coco14(root, split, need_gt: bool = False, reference: bool = True) -> D
             labels = list(dict.fromkeys(labels))  # the reference keeps repeats as written
         img = _coco_file(root, "JPEGImages", iid, ".jpg")
         if not img.is_file():
-            raise DatasetError(f"image not found: {img} (listed in {split})")
+            raise DatasetError(_unknown_id(split, line, iid, img))
         gt = _ground_truth(_coco_file(root, "SegmentationClass", iid, ".png"), need_gt)
         if not labels:
             skipped.append({"id": iid, "reason": f"no label on its line in {split}"})
@@ -255,17 +260,33 @@ def load_custom(root, classes: list, labels_csv, split=None, images_dir="images"
     if not labels_csv.is_file():
         raise DatasetError(f"label table not found: {labels_csv} (a CSV with columns "
                            f"'image,labels', labels separated by ';')")
-    keep = {r[0] for r in read_split(split)} if split else None
+    keep = {r[0]: n for n, r in read_split_lines(split)} if split else None
     samples, skipped = [], []
     seen: dict[str, int] = {}
     n_rows = 0
-    with labels_csv.open(newline="", encoding="utf-8-sig") as f:  # a BOM (Excel) is dropped
+    images = root / images_dir
+    try:
+        table = labels_csv.read_bytes().decode("utf-8-sig")  # a BOM (Excel) is dropped
+    except UnicodeDecodeError as e:
+        line = labels_csv.read_bytes()[:e.start].count(b"\n") + 1
+        raise DatasetError(f"{labels_csv}:{line}: not UTF-8 text (byte {e.start}, a "
+                           f"{'Windows/Excel ' if e.object[e.start] >= 0x80 else ''}encoding?); "
+                           f"save it as UTF-8 (Excel: 'CSV UTF-8')") from None
+    import io
+
+    with io.StringIO(table, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"image", "labels"} <= set(reader.fieldnames):
             raise DatasetError(f"{labels_csv}: needs the columns 'image' and 'labels', found "
                                f"{reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
-            iid = Path(row["image"]).stem
+            name = (row["image"] or "").strip()
+            where = f"{labels_csv}:{line}"
+            if not inside(name):
+                raise DatasetError(f"{where}: image {name!r} is not a file inside {images}; give "
+                                   f"its name in that folder (no absolute path, no '..')")
+            iid = Path(name).stem
+            check_id(iid, where)
             if iid in seen:
                 raise DatasetError(f"{labels_csv}:{line}: image {iid!r} is listed again (first on "
                                    f"line {seen[iid]}); give each image one row, its labels "
@@ -280,7 +301,7 @@ def load_custom(root, classes: list, labels_csv, split=None, images_dir="images"
             if unknown:
                 raise DatasetError(f"{labels_csv}:{line}: unknown class names {unknown} for "
                                    f"{iid}; the class list has {sorted(index)}")
-            img = _find_image(root / images_dir, row["image"])
+            img = _find_image(images, name)
             keys = list(dict.fromkeys(index[n] for n in names))
             gt = root / masks_dir / f"{iid}.png" if masks_dir else None
             gt = gt if gt is not None and gt.is_file() else None
@@ -288,10 +309,23 @@ def load_custom(root, classes: list, labels_csv, split=None, images_dir="images"
                 skipped.append({"id": iid, "reason": f"empty label list in {labels_csv}:{line}"})
                 continue
             samples.append(Sample(iid, img, tuple(keys), image_size_hw(img), gt, r))
+    if keep is not None:
+        missing = [i for i in keep if i not in seen]
+        if missing:
+            i = missing[0]
+            raise DatasetError(f"{split}:{keep[i]}: id {i!r} has no row in {labels_csv}"
+                               f"{f' ({len(missing)} ids in all)' if len(missing) > 1 else ''}; "
+                               f"fix the id (a typo?) or add the image's row")
     if not samples and not skipped:
         raise DatasetError(f"{labels_csv}: no image rows")
     bg = tuple(background) if background is not None else text.VOC12_BACKGROUND
-    return Dataset("custom", root, specs, bg, samples, skipped)
+    bg, removed = text.split_background(specs, bg)
+    return Dataset("custom", root, specs, bg, samples, skipped, removed)
+
+
+def _unknown_id(split, line: int, iid: str, img: Path) -> str:
+    return (f"{split}:{line}: id {iid!r} has no image {img} (a typo in the split file, or "
+            f"the image is missing); fix the id or remove its line")
 
 
 def load(name: str, root, split, **kw) -> Dataset:

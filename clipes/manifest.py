@@ -28,15 +28,51 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def read_split(path) -> list[list[str]]:
-    """Non-empty lines of a split file, split on white space."""
+    """Non-empty, non-comment lines of a split file, split on white space."""
+    return [row for _, row in read_split_lines(path)]
+
+
+def read_split_lines(path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of each id line of a split file: UTF-8 with or without a BOM,
+    any line ending, surrounding spaces ignored. The first field must be an id (a file
+    name without its extension, no folder); anything else is a one-line error naming the
+    file, the line and the fix."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"split file not found: {path}")
-    rows = [ln.split() for ln in path.read_text().splitlines()]
-    rows = [r for r in rows if r and not r[0].startswith("#")]
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        check_id(fields[0], f"{path}:{n}")
+        rows.append((n, fields))
     if not rows:
         raise DatasetError(f"split file {path} lists no images")
     return rows
+
+
+def check_id(iid: str, where: str) -> None:
+    """An id names files inside the dataset's folders: no folder part, no extension."""
+    if "/" in iid or "\\" in iid:
+        if iid.lower().endswith(IMAGE_EXTS):
+            raise DatasetError(
+                f"{where}: {iid!r} is an image path, as DeepLab's list files have them "
+                f"('/JPEGImages/x.jpg /SegmentationClassAug/x.png'); a split file lists ids, one "
+                f"per line (x): keep the file name of the first column without its extension")
+        raise DatasetError(f"{where}: {iid!r} is not an id (a file name without folder and "
+                           f"extension); ids name files inside the dataset's folders")
+    if iid in (".", "..") or iid.startswith(".") or any(ord(c) < 32 for c in iid):
+        raise DatasetError(f"{where}: {iid!r} is not an id (a file name without folder and "
+                           f"extension)")
+    if iid.lower().endswith(IMAGE_EXTS):
+        stem = iid.rsplit(".", 1)[0]
+        raise DatasetError(f"{where}: {iid!r} has an image extension; ids are written "
+                           f"without it ({stem})")
 
 
 def coco_file(root: Path, sub: str, iid: str, ext: str) -> Path:
@@ -91,19 +127,28 @@ def _coco_entries(root: Path, split: Path) -> list[Entry]:
 def _custom_entries(root: Path, labels_csv: Path, split: Path | None) -> list[Entry]:
     keep = {r[0] for r in read_split(split)} if split else None
     out = []
-    with Path(labels_csv).open(newline="", encoding="utf-8-sig") as fh:
+    with Path(labels_csv).open(newline="", encoding="utf-8-sig", errors="replace") as fh:
         for row in csv.DictReader(fh):
-            name = row.get("image") or ""
+            name = (row.get("image") or "").strip()
             iid = Path(name).stem
             if keep is not None and iid not in keep:
                 continue
-            try:
-                img = find_image(root / "images", name)
-            except DatasetError:
-                img = root / "images" / name
+            if not inside(name):
+                img = None  # never read: the preparation refuses the row, naming it
+            else:
+                try:
+                    img = find_image(root / "images", name)
+                except DatasetError:
+                    img = root / "images" / name
             out.append(Entry(iid, len(out), img, None, row.get("labels") or "",
                              root / "masks" / f"{iid}.png"))
     return out
+
+
+def inside(name: str) -> bool:
+    """A relative path that stays inside its folder (no absolute path, no '..')."""
+    p = Path(name)
+    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
 
 
 def entries(kind: str, root, split=None, labels=None) -> list[Entry]:
@@ -194,20 +239,48 @@ def digest(rows: list[Entry], cache: HashCache, gt: bool = False,
     return h.hexdigest()
 
 
-def tree_stamp(folders) -> str:
-    """sha1 over (path, size, mtime) of every file under the folders: a cheap stamp of a
-    large download tree (a touched file counts as a change)."""
+# What of the official downloads the conversion reads (and, through its links, the
+# stages): (folder under the download's root, file suffix). Other files (ImageSets/Main,
+# SegmentationObject, captions, a .DS_Store, macOS's ._* files) change nothing.
+DOWNLOAD_FILES = {
+    "voc12": [("JPEGImages", ".jpg"), ("Annotations", ".xml"),
+              ("ImageSets/Segmentation", ".txt"), ("SegmentationClass", ".png")],
+    "sbd": [("dataset/cls", ".mat"), ("dataset", ".txt")],
+    "aug_masks": [(".", ".png")],
+    "coco14": [("train2014", ".jpg"), ("val2014", ".jpg"), ("annotations", ".json")],
+}
+COCO_ANNOTATIONS = ("instances_train2014.json", "instances_val2014.json")
+
+
+def download_files(kind: str, root) -> list[Path]:
+    """The files of one official download (DOWNLOAD_FILES) in a stable order."""
+    root = Path(root)
+    out = []
+    for sub, suffix in DOWNLOAD_FILES[kind]:
+        folder = root / sub
+        try:
+            names = sorted(e.name for e in os.scandir(folder) if e.is_file())
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(".") or not name.endswith(suffix):
+                continue
+            if kind == "coco14" and sub == "annotations" and name not in COCO_ANNOTATIONS:
+                continue
+            out.append(folder / name)
+    return out
+
+
+def downloads_digest(parts: dict, cache: "HashCache") -> str:
+    """One sha1 over the content of the downloads' files: parts maps a DOWNLOAD_FILES kind
+    to its folder. A file touched, copied or extracted again without a change leaves it
+    as it is (the content hashes are cached by size and file times)."""
     h = hashlib.sha1()
-    for folder in folders:
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames.sort()
-            for name in sorted(filenames):
-                p = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(p)
-                except OSError:
-                    continue
-                h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    for kind, root in sorted(parts.items()):
+        if root is None or not Path(root).is_dir():
+            continue
+        for p in download_files(kind, root):
+            h.update(f"{kind}\t{p.relative_to(root)}\t{cache.digest(p)}\n".encode())
     return h.hexdigest()
 
 

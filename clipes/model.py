@@ -139,7 +139,7 @@ def _load_openai_state_dict(path: str, device):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a TorchScript archive: torch.load says so
-            sd = torch.load(path, map_location="cpu")
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # data only
     except Exception:
         return None
     if not isinstance(sd, dict) or "visual.proj" not in sd or not hasattr(

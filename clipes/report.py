@@ -378,14 +378,60 @@ def gallery_items(samples, pseudo_dirs, cam_dirs, pred_dirs, n: int) -> list[dic
 
 
 # -------------------------------------------------------------------------- rendering
-def _env():
+class Verbatim(str):
+    """Text a Markdown template prints as it is (it is in a code block or span already)."""
+
+
+def md_escape(value):
+    """What a Markdown report prints of a value it did not write itself: HTML's special
+    characters as entities (Markdown viewers render raw HTML), the characters that would
+    start code, a link or an image, or split a table cell backslash-escaped, line breaks
+    as spaces."""
+    if value is None or isinstance(value, Verbatim):
+        return "" if value is None else value
+    import html
+    import re
+
+    text = re.sub(r"[\r\n]+", " ", html.escape(str(value), quote=False))
+    return re.sub(r"([\\`\[\]|])", r"\\\1", text)
+
+
+def md_code(value) -> Verbatim:
+    """A value as a Markdown code span, safe whatever it holds: fenced with more backticks
+    than it contains, line breaks as spaces."""
+    import re
+
+    text = re.sub(r"[\r\n]+", " ", str(value))
+    ticks = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return Verbatim(f"{ticks}{pad}{text}{pad}{ticks}")
+
+
+def md_block(value, lang: str = "") -> Verbatim:
+    """A value as a fenced Markdown code block that no line of it can close."""
+    import re
+
+    text = str(value).rstrip("\n")
+    fence = "`" * max(3, max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    return Verbatim(f"{fence}{lang}\n{text}\n{fence}")
+
+
+def _env(markdown: bool = False):
+    """The templates' environment. HTML templates (``*.html.j2``) escape every value they
+    print; Markdown templates (``*.md.j2``) print values through :func:`md_escape`."""
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
     env = Environment(loader=PackageLoader("clipes", "templates"), undefined=StrictUndefined,
-                      autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+                      autoescape=select_autoescape(enabled_extensions=("html", "html.j2"),
+                                                   disabled_extensions=("md", "md.j2"),
+                                                   default_for_string=True, default=True),
+                      trim_blocks=True, lstrip_blocks=True,
+                      finalize=md_escape if markdown else None)
     env.filters["num"] = lambda v, d=2: "n/a" if v is None or (isinstance(v, float) and
                                                                   np.isnan(v)) else f"{v:.{d}f}"
     env.filters["b64"] = lambda b: base64.b64encode(b).decode()
+    env.filters["code"] = md_code
+    env.filters["block"] = md_block
     return env
 
 
@@ -436,11 +482,10 @@ def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = 
         "figs": figs,
         "prompts": _prompt_rows(inp.prompts), "template": inp.config.get("text", {}),
     }
-    env = _env()
-    html = env.get_template("run.html.j2").render(**ctx)
+    html = _env().get_template("run.html.j2").render(**ctx)
     write_text(html_path, html)
     ctx_md = dict(ctx, figs=_write_figures(figs, Path(md_path)))
-    write_text(md_path, env.get_template("run.md.j2").render(**ctx_md))
+    write_text(md_path, _env(markdown=True).get_template("run.md.j2").render(**ctx_md))
     return ctx
 
 
@@ -486,10 +531,9 @@ def render_comparison(dataset_name: str, runs: dict[str, dict], base: str, html_
     ctx = {"title": f"CLIP-ES variants: {dataset_name}", "base": base,
            "stages": stages, "rows": df.to_dict("records"), "notes": notes or {},
            "time_cols": [c for c in df.columns if c.endswith("(s)")], "figs": figs}
-    env = _env()
-    write_text(html_path, env.get_template("comparison.html.j2").render(**ctx))
+    write_text(html_path, _env().get_template("comparison.html.j2").render(**ctx))
     ctx_md = dict(ctx, figs=_write_figures(figs, Path(md_path)))
-    write_text(md_path, env.get_template("comparison.md.j2").render(**ctx_md))
+    write_text(md_path, _env(markdown=True).get_template("comparison.md.j2").render(**ctx_md))
     return df
 
 

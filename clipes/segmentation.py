@@ -476,8 +476,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
     start = 0
     ckpt_path = out_dir / "checkpoint.pt"
     log_path = out_dir / "train_log.csv"
-    state = torch.load(ckpt_path, map_location=device, weights_only=False) \
-        if ckpt_path.is_file() else None
+    state = _load_checkpoint(ckpt_path, device, log) if ckpt_path.is_file() else None
     if state is not None and state.get("fingerprint") != fingerprint(cfg):
         log(f"{ckpt_path} was written by another config or code version: starting afresh")
         state = None
@@ -568,6 +567,55 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
     return model
 
 
+_LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError)
+
+
+def _as_data(path, device):
+    """(state, None), or (None, why) where the file cannot be loaded as data only."""
+    import pickle
+    import warnings
+
+    try:  # weights_only: tensors, numbers, strings and containers; no pickle code runs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle protocol notes
+            return torch.load(path, map_location=device, weights_only=True), None
+    except (pickle.UnpicklingError, *_LOAD_ERRORS) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        # torch's message opens with advice to load the file unsafely: keep the cause only
+        cause = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0])
+        return None, cause.replace("WeightsUnpickler error: ", "")[:200]
+
+
+def load_tensors(path, device="cpu", what: str = "checkpoint"):
+    """torch.load of a file as data only; a file that is not such data (damaged, or holding
+    code, which is never run) is a one-line error naming it."""
+    state, why = _as_data(path, device)
+    if why is not None:
+        from .datasets import DatasetError
+
+        raise DatasetError(f"{path}: the {what} cannot be loaded as plain tensors and numbers "
+                           f"({why}); it is damaged, or holds code, which is never run: "
+                           f"delete it, or retrain")
+    return state
+
+
+def _load_checkpoint(path: Path, device, log):
+    """The resume state, or None after setting aside a file that cannot be loaded as data
+    (cut short by a crash or a full disk while it was copied, or holding code): it is
+    renamed to checkpoint.pt.damaged-<n>, the log says so, and training starts afresh."""
+    state, why = _as_data(path, device)
+    if why is None:
+        return state
+    n = 0
+    while path.with_name(f"{path.name}.damaged-{n}").exists():
+        n += 1
+    aside = path.with_name(f"{path.name}.damaged-{n}")
+    path.rename(aside)
+    log(f"warning: {path} cannot be loaded as plain tensors and numbers ({why}): set aside "
+        f"as {aside.name}, training starts afresh")
+    return None
+
+
 def fingerprint(cfg: TrainConfig) -> str:
     """Hash of what a training's result depends on: its config (less the knobs that do not
     change results: data loader workers, checkpoint interval) and the training code."""
@@ -624,7 +672,12 @@ def plot_log(log_csv, out_png) -> None:
 # -------------------------------------------------------------------------- inference
 def load_trained(path, device="cpu") -> nn.Module:
     """A model.pt of train(), either protocol; ``model.protocol`` says which."""
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = load_tensors(path, device, "trained model")
+    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
+        from .datasets import DatasetError
+
+        raise DatasetError(f"{path}: not a model written by scripts/train_seg.py (no 'model' "
+                           f"and 'config'); retrain, or give that script's model.pt")
     cfg = state["config"]
     protocol = cfg.get("protocol", "torchvision")
     if protocol == "deeplab-pytorch":

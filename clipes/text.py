@@ -178,7 +178,53 @@ def class_specs_from_config(entries: Iterable[str | dict]) -> list[ClassSpec]:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise DatasetError(f"duplicate class names in the class list: {dup}")
+    check_class_names(specs)
     return specs
+
+
+# label values: 0 background, 1..254 the classes, 255 ignored; masks are 8-bit PNGs
+MAX_CLASSES = 254
+
+
+def tokenizer_form(text: str) -> str:
+    """A name as CLIP's tokenizer sees it: HTML entities resolved, Unicode composed,
+    white space collapsed, lower case (open_clip's basic_clean, whitespace_clean, lower)."""
+    import html
+    import re
+    import unicodedata
+
+    t = html.unescape(html.unescape(unicodedata.normalize("NFC", text)))
+    return re.sub(r"\s+", " ", t).strip().lower()
+
+
+def check_class_names(specs: Sequence[ClassSpec]) -> None:
+    """Refuse class lists the method cannot represent: more than MAX_CLASSES classes (the
+    masks are 8-bit with 255 ignored), an empty name, or two names CLIP's tokenizer cannot
+    tell apart (an image labelled with both would lose its object)."""
+    if len(specs) > MAX_CLASSES:
+        raise DatasetError(f"the class list has {len(specs)} classes: at most {MAX_CLASSES} fit "
+                           f"the 8-bit masks (0 background, 255 ignored); merge classes or "
+                           f"split the dataset")
+    seen: dict[str, str] = {}
+    for s in specs:
+        form = tokenizer_form(s.name)
+        if not form:
+            raise DatasetError(f"class name {s.name!r} is empty once white space is removed")
+        if form in seen:
+            raise DatasetError(f"class names {seen[form]!r} and {s.name!r} are the same to CLIP's "
+                               f"tokenizer (it lower-cases and collapses spaces): merge them into "
+                               f"one class or rename one")
+        seen[form] = s.name
+
+
+def split_background(specs: Sequence[ClassSpec], background: Sequence[str]
+                     ) -> tuple[tuple[str, ...], list[str]]:
+    """(background words to use, words left out): a word that names a class (its name or a
+    synonym, as the tokenizer sees it) would suppress that class through its own background
+    prompt, so it is taken out of the background set of the dataset."""
+    names = {tokenizer_form(w) for s in specs for w in (s.name, *s.synonyms)}
+    kept = tuple(w for w in background if tokenizer_form(w) not in names)
+    return kept, [w for w in background if tokenizer_form(w) in names]
 
 
 def prompt_sentences(words: Sequence[str], template: str) -> list[str]:

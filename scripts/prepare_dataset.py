@@ -107,6 +107,11 @@ def main(argv=None):
         ds = cli.dataset_from_args(ns)
         check_images(ds, name, args)
         manifest["class_names"] = ds.class_names
+        if ds.background_removed and "background_removed" not in manifest:
+            manifest["background_removed"] = ds.background_removed
+            print(f"warning: background words {ds.background_removed} name a class of the "
+                  f"dataset: they are left out of its background set (each would suppress its "
+                  f"class)", file=sys.stderr)
         manifest["splits"][name] = {
             "file": str(split), "n_images": len(ds.samples),
             "n_with_gt": sum(s.gt is not None for s in ds.samples),

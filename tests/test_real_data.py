@@ -4,6 +4,7 @@ project, as a user types them: the VOC12 and COCO14 configs mean exactly what th
 stand-ins) through every stage to the reports."""
 
 import json
+import os
 import re
 
 import pytest
@@ -131,3 +132,26 @@ def test_readme_run_on_the_standins(project, golden, kind):
     assert not (project / "results" / "demo").exists()
     assert (results / "benchmarks" / f"convert_{kind}.tsv").is_file()
     assert "Nothing to be done" in shell(project, cmd + weights + " -n").stdout
+    # the downloads extracted again (every file touched), with stray files beside them:
+    # the conversion's inputs are followed by content, so nothing reruns
+    standins = project / "data" / "standins"
+    for p in standins.rglob("*"):
+        if p.is_file():
+            os.utime(p)
+    for folder in [p for p in standins.rglob("*") if p.is_dir()]:
+        (folder / ".DS_Store").write_bytes(b"\0\1")
+        (folder / "._stray.png").write_bytes(b"macOS resource fork")
+    if kind == "voc12":
+        main = standins / "VOCdevkit" / "VOC2012" / "ImageSets" / "Main"
+        main.mkdir(exist_ok=True)
+        (main / "cat_train.txt").write_text("2007_000001 1\n")
+    else:
+        (standins / "COCO2014" / "annotations" / "captions_val2014.json").write_text("{}")
+    assert "Nothing to be done" in shell(project, cmd + weights + " -n").stdout
+    # a real change of what the conversion reads reruns it
+    changed = next((standins / "VOCdevkit" / "VOC2012" / "Annotations").glob("*.xml")) \
+        if kind == "voc12" else standins / "COCO2014" / "annotations" / "instances_val2014.json"
+    changed.write_text(changed.read_text().replace("</annotation>", "<!-- edited --></annotation>")
+                       if kind == "voc12" else changed.read_text() + "\n")
+    planned = {r for r, _ in dry_run_jobs(project, cmd + weights)}
+    assert f"convert_{kind}" in planned, planned

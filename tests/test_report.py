@@ -147,3 +147,66 @@ def test_benchmarks_read_only_the_named_rules(inputs):
     b = report.read_benchmarks([f"{bench}:crf,eval_cams"])
     assert sorted(b["rule"]) == ["crf", "eval_cams"]
     assert len(report.read_benchmarks([bench])) == 4
+
+
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>|[link](javascript:alert(2))`'
+
+
+class _Tags:
+    """Every start tag and attribute of an HTML page (the standard library's parser)."""
+
+    def __init__(self, html: str):
+        from html.parser import HTMLParser
+
+        self.tags, self.attrs = [], []
+        outer = self
+
+        class P(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                outer.tags.append(tag)
+                outer.attrs.extend(a for a, _ in attrs)
+
+        P().feed(html)
+
+
+def test_reports_escape_every_name_they_did_not_write(inputs):
+    """A class, an image id, a dataset folder, a template, a variant note and a background
+    word that hold markup stay text: no script element or event attribute reaches the HTML,
+    and the Markdown keeps them out of its tables, links and code spans."""
+    import pandas as pd
+
+    inp, tmp = inputs
+    inp.dataset["class_names"] = ["background", HOSTILE, "dog"]
+    inp.dataset["root"] = f"/data/</code>{HOSTILE}"
+    inp.dataset["splits"]["train"]["skipped"] = [{"id": HOSTILE, "reason": HOSTILE}]
+    inp.dataset["background_removed"] = [HOSTILE]
+    inp.config["text"] = {"template": "a ``{}``" + HOSTILE, "select_prompt": {"use_selected": False}}
+    (tmp / "p.tsv").write_text("template\tsharpness\tn_multilabel\trank\tselected\n"
+                               f"{HOSTILE} {{}}\t1.2\t6\t1\tTrue\n")
+    inp.prompts = tmp / "p.tsv"
+    report.render_run(inp, tmp / "r.html", tmp / "r.md")
+    t = pd.DataFrame([{"stage": "CAMs + CAA", "wall_s": 2.0, "cpu_s": 1, "peak_mem_mb": 1,
+                       "jobs": 1, "images_per_s": 1}])
+    runs = {"base": {"evals": {}, "timing": t}, "other": {"evals": {}, "timing": t}}
+    report.render_comparison(HOSTILE, runs, "base", tmp / "c.html", tmp / "c.md",
+                             notes={"other": HOSTILE})
+    for page in ("r.html", "c.html"):
+        html = (tmp / page).read_text()
+        tags = _Tags(html)
+        assert "script" not in tags.tags, page
+        assert not [a for a in tags.attrs if a.startswith("on")], page
+        assert "&lt;script&gt;" in html and "<script>" not in html
+    import re
+
+    md = (tmp / "r.md").read_text() + "\n" + (tmp / "c.md").read_text()
+    fenced = re.findall(r"^(`{3,})yaml\n.*?^\1$", md, re.M | re.S)
+    assert len(fenced) == 1  # the config block is closed by its own fence
+    # outside code (shown literally by every Markdown viewer) no markup is left live
+    text = re.sub(r"^(`{3,}).*?^\1$", "", md, flags=re.M | re.S)
+    text = re.sub(r"(`+)(.+?)\1", "", text)
+    assert "alert" in text and "&lt;script&gt;" in text
+    bad = [ln for ln in text.splitlines() if "<script" in ln or "<img" in ln
+           or re.search(r"(?<!\\)\]\(javascript:", ln)]  # an unescaped link
+    assert not bad, bad
+    rows = [ln for ln in text.splitlines() if ln.startswith("|") and "alert" in ln]
+    assert rows and all("\\|" in ln for ln in rows)  # the name's '|' cannot split a cell

@@ -95,6 +95,12 @@ def test_editing_a_stages_code_reruns_that_stage_only_downstream(demo_run):
     (lambda c: c["dataset"].update(kind="voc12", root="/nonexistent/VOC2012"), "/nonexistent/VOC2012"),
     (lambda c: c["cam"].update(mode="reference", autocast="fp16"), "autocast"),
     (lambda c: c.update(resources={"cams": {"mem": 4}}), "mem"),
+    # names that become paths: inside their folder, apart from the workflow's own
+    (lambda c: c["dataset"].update(name=".."), "dataset.name '..': names become folders"),
+    (lambda c: c["variants"].update({"..": {}}), "variant '..': names become folders"),
+    (lambda c: c["variants"].update({"a/b": {}}), "variant 'a/b'"),
+    (lambda c: c["variants"].update(comparison={}), "variant 'comparison': the name of one of"),
+    (lambda c: c["variants"].update(data={}), "variant 'data'"),
 ])
 def test_config_errors_fail_before_any_job(tmp_path, mutate, expect):
     cfg = json.loads(json.dumps(TINY_DEMO))

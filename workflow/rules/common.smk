@@ -83,9 +83,32 @@ def deep_merge(base, overrides, where="variants"):
     return out
 
 
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# folders and reports of the workflow's own under results/<dataset>/ and reports/<dataset>/
+RESERVED_VARIANTS = ("data", "logs", "benchmarks", "comparison")
+
+
+def check_names(cfg):
+    """Names that become paths: safe characters, no collision with the workflow's own."""
+    for what, name in [("dataset.name", cfg.get("dataset", {}).get("name", "demo"))] + [
+        ("variant", v) for v in cfg.get("variants") or {}
+    ]:
+        if not isinstance(name, str) or not SAFE_NAME.match(name):
+            raise WorkflowError(
+                f"{what} {name!r}: names become folders, so they take letters, digits, '_', "
+                f"'.' and '-', starting with a letter or digit; rename it"
+            )
+        if what == "variant" and name in RESERVED_VARIANTS:
+            raise WorkflowError(
+                f"variant {name!r}: the name of one of the workflow's own folders or reports "
+                f"({', '.join(RESERVED_VARIANTS)}); rename the variant"
+            )
+
+
 def load_variants(cfg):
     """Validate the base config, then every variant (base + overrides) on its own."""
     raw = copy.deepcopy(cfg)
+    check_names(cfg)
     validate(cfg, SCHEMA)  # fills defaults, names the bad key on error
     variants = {}
     for name, overrides in cfg["variants"].items():
@@ -303,10 +326,17 @@ def config_files_digest():
     return ",".join(parts)
 
 
+def has_split(which):
+    """Whether split `which` exists: a split file, or (custom train) every labelled row."""
+    return split_path(which) is not None or (
+        DATASET_KIND == "custom" and which == "train"
+    )
+
+
 @cache  # many jobs share a digest (every evaluation reads the whole train split)
 def data_digest(which="train", gt=False, shard=None):
     """Digest of the files of split `which` a job reads (one shard (i, n) of it)."""
-    if not TRACKED or split_path(which) is None:
+    if not TRACKED or not has_split(which):
         return ""
     rows = split_entries(which)
     if isinstance(rows, str):
@@ -325,17 +355,22 @@ def dataset_json():
 
 
 def downloads_stamp():
-    """Sizes and times of every file of the official downloads the conversion reads."""
+    """Content digest of the files of the official downloads the conversion reads: a file
+    touched or extracted again without a change, or a stray file, reruns nothing."""
     ds = config["dataset"]
-    folders = [ds["root"]] + [ds[k] for k in ("sbd", "aug_masks") if ds.get(k)]
-    return data_manifest.tree_stamp([f for f in folders if Path(f).is_dir()])
+    parts = {DATASET_KIND: ds["root"]}
+    if DATASET_KIND == "voc12":
+        parts.update(sbd=ds.get("sbd"), aug_masks=ds.get("aug_masks"))
+    value = data_manifest.downloads_digest(parts, HASHES)
+    HASHES.save()
+    return value
 
 
 def source_digest():
     """The digest prepare_dataset (or the conversion) reruns on."""
     if TRACKED:
         return ";".join(
-            data_digest(w, gt=True) for w in ("train", "val") if split_path(w)
+            data_digest(w, gt=True) for w in ("train", "val") if has_split(w)
         )
     return ""
 
