@@ -11,6 +11,19 @@ from pathlib import Path
 from . import datasets
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help of every script: the description's examples printed as written, and each
+    option's default after its help (where it has one worth showing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or action.required or default in (None, argparse.SUPPRESS)
+                or default is False or default == []):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dataset")
     g.add_argument("--dataset", required=True, choices=["voc12", "coco14", "custom", "synthetic"],

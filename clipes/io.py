@@ -83,7 +83,23 @@ def write_text(path, text: str) -> None:
 
 
 def write_json(path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON (a number that is not finite is written as null, not as NaN, which is
+    not JSON), atomically."""
+    write_text(path, json.dumps(finite(obj), indent=1, sort_keys=False, allow_nan=False,
+                                default=_json_default) + "\n")
+
+
+def finite(obj):
+    """obj with every NaN or infinite float (numpy's included) replaced by None."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite(obj.tolist())
+    return obj
 
 
 def _json_default(o):

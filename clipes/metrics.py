@@ -42,8 +42,15 @@ class ConfusionMatrix:
 
 
 def scores_from_hist(hist: np.ndarray) -> dict:
-    """mIoU, pixel accuracy, mean class accuracy and per-class IoU (None where undefined)."""
-    hist = np.asarray(hist, dtype=np.float64)
+    """Scores of a confusion matrix hist[gt, pred] (None where undefined), and the matrix.
+
+    Per class c, with TP, FP (predicted c, not c), FN (c, predicted otherwise) and the
+    union U = TP + FP + FN: IoU = TP / U, precision = TP / (TP + FP), recall = TP / (TP +
+    FN), and the false-positive and false-negative ratios FP / U and FN / U of WSSS papers
+    (IoU + FP ratio + FN ratio = 1). The means average the classes present in the ground
+    truth, as mIoU does (the reference's mean)."""
+    counts = np.asarray(hist, dtype=np.int64)
+    hist = counts.astype(np.float64)
     tp = np.diag(hist)
     gt_count = hist.sum(axis=1)
     pred_count = hist.sum(axis=0)
@@ -51,14 +58,30 @@ def scores_from_hist(hist: np.ndarray) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = tp / union
         acc_cls = tp / gt_count
+        precision = tp / pred_count
+        fp_ratio = (pred_count - tp) / union
+        fn_ratio = (gt_count - tp) / union
     in_gt = gt_count > 0
     total = hist.sum()
+
+    def per_class(v):
+        return {i: (None if np.isnan(x) else float(x)) for i, x in enumerate(v)}
+
+    def mean(v):
+        v = v[in_gt]
+        return float(np.nanmean(v)) if in_gt.any() and not np.isnan(v).all() else None
+
     return {
         "mIoU": float(np.nanmean(iou[in_gt])) if in_gt.any() else float("nan"),
         "pixel_acc": float(tp.sum() / total) if total else float("nan"),
         "mean_class_acc": float(np.nanmean(acc_cls[in_gt])) if in_gt.any() else float("nan"),
-        "class_iou": {i: (None if np.isnan(v) else float(v)) for i, v in enumerate(iou)},
+        "mean_precision": mean(precision), "mean_recall": mean(acc_cls),
+        "fp_ratio": mean(fp_ratio), "fn_ratio": mean(fn_ratio),
+        "class_iou": per_class(iou),
+        "class_precision": per_class(precision), "class_recall": per_class(acc_cls),
+        "class_fp_ratio": per_class(fp_ratio), "class_fn_ratio": per_class(fn_ratio),
         "n_pixels": int(total),
+        "confusion": counts.tolist(),  # [ground truth][prediction] pixel counts
     }
 
 
@@ -81,6 +104,9 @@ def bg_power_sweep(per_power: dict[float, dict]) -> dict:
         "chosen_power": best,
         "chosen_is_oracle": True,
         "at_chosen": per_power[best],
+        # each power's matrix, so any score of any power can be derived later
+        "confusion_by_power": {str(p): s["confusion"] for p, s in per_power.items()
+                               if "confusion" in s},
     }
 
 

@@ -23,20 +23,22 @@ import pandas as pd
 
 from .io import IGNORE, atomic_path, load_mask, voc_palette, write_text
 
-# The CLIP-ES paper's numbers (docs/method.md; mIoU %, split named)
+# The CLIP-ES paper's numbers (docs/method.md; mIoU %): (stage, what, split as the paper
+# names it, the split's name here (its file's stem), value)
 PAPER = {
     "voc12": [
-        ("initial CAM", "initial softmax-GradCAM", "VOC train (1,464)", 58.6),
-        ("CAA", "+ CAA", "VOC train (1,464)", 70.8),
-        ("pseudo masks (CRF)", "+ CAA + dense CRF", "VOC train (1,464)", 75.0),
-        ("pseudo masks (CRF)", "pseudo masks after CRF", "VOC train_aug (10,582)", 68.7),
-        ("segmentation (val)", "DeepLabV2, ImageNet init", "VOC val", 71.1),
-        ("segmentation (val)", "DeepLabV2, COCO init", "VOC val", 73.8),
+        ("initial CAM", "initial softmax-GradCAM", "VOC train (1,464)", "train", 58.6),
+        ("CAA", "+ CAA", "VOC train (1,464)", "train", 70.8),
+        ("pseudo masks (CRF)", "+ CAA + dense CRF", "VOC train (1,464)", "train", 75.0),
+        ("pseudo masks (CRF)", "pseudo masks after CRF", "VOC train_aug (10,582)", "train_aug", 68.7),
+        ("segmentation (val)", "DeepLabV2, ImageNet init", "VOC val", "val", 71.1),
+        ("segmentation (val)", "DeepLabV2, COCO init", "VOC val", "val", 73.8),
     ],
     "coco14": [
-        ("segmentation (val)", "DeepLabV2, ImageNet init", "COCO14 val", 45.4),
+        ("segmentation (val)", "DeepLabV2, ImageNet init", "COCO14 val", "val", 45.4),
     ],
 }
+
 
 # stage of the pipeline -> the Snakemake rules whose benchmarks it sums
 STAGE_RULES = {
@@ -198,6 +200,24 @@ def miou_of(ev: dict | None) -> float | None:
     return ev.get("mIoU")
 
 
+def split_of(ev: dict | None) -> dict | None:
+    """The split an evaluation was measured on: {name, n_images, n_scored} (older files:
+    the image count only)."""
+    if not ev:
+        return None
+    if ev.get("split"):
+        return ev["split"]
+    return {"name": None, "n_images": ev.get("n_images"), "n_scored": ev.get("n_images")}
+
+
+def split_label(split: dict | None) -> str:
+    if not split:
+        return ""
+    n = split.get("n_scored") if split.get("n_scored") is not None else split.get("n_images")
+    count = f"{n:,} images" if n is not None else ""
+    return f"{split['name']} ({count})" if split.get("name") else count
+
+
 def quality_table(evals: dict[str, dict | None]) -> list[dict]:
     rows = []
     for label, key in QUALITY_STAGES:
@@ -207,8 +227,13 @@ def quality_table(evals: dict[str, dict | None]) -> list[dict]:
             row["note"] = ev.get("note", "not scored")
         elif ev is not None:
             base = ev["at_chosen"] if "at_chosen" in ev else ev
-            row.update(mIoU=100 * base["mIoU"], pixel_acc=100 * base["pixel_acc"],
-                       n_images=ev.get("n_images"), coverage=ev.get("coverage"))
+            pct = (lambda v: None if v is None else 100 * v)  # noqa: E731
+            row.update(mIoU=100 * base["mIoU"], pixel_acc=pct(base.get("pixel_acc")),
+                       precision=pct(base.get("mean_precision")),
+                       recall=pct(base.get("mean_recall")),
+                       n_images=ev.get("n_images"), coverage=ev.get("coverage"),
+                       split=split_label(split_of(ev)),
+                       split_name=(split_of(ev) or {}).get("name"))
             if "chosen_power" in ev:
                 row["note"] = (f"background power {ev['chosen_power']} chosen on ground truth "
                                f"(oracle) from {', '.join(ev['by_power'])}; "
@@ -222,13 +247,51 @@ def quality_table(evals: dict[str, dict | None]) -> list[dict]:
     return rows
 
 
+def paper_table(kind: str, quality: list[dict]) -> list[dict]:
+    """The paper's numbers beside this run's, with the difference where the run measured
+    the same stage on the same split (train and train_aug are told apart)."""
+    mine = {(r["stage"], r.get("split_name")): r for r in quality if r.get("available")}
+    rows = []
+    for stage, what, split, split_name, value in PAPER.get(kind, []):
+        r = mine.get((stage, split_name))
+        other = next((q for q in quality if q["stage"] == stage and q.get("available")), None)
+        rows.append({"stage": stage, "what": what, "split": split, "paper": value,
+                     "yours": r["mIoU"] if r else None,
+                     "delta": r["mIoU"] - value if r else None,
+                     "note": "" if r or other is None else
+                     f"this run measured it on {other.get('split') or 'another split'}"})
+    return rows
+
+
 def per_class_table(ev: dict | None, class_names: list[str]) -> pd.DataFrame | None:
+    """Per-class scores (%) of one evaluation: IoU, precision, recall, FP and FN ratios
+    (the last four where the evaluation file has them)."""
     if miou_of(ev) is None:
         return None
     base = ev["at_chosen"] if "at_chosen" in ev else ev
-    ious = base["class_iou"]
-    return pd.DataFrame([{"class": class_names[int(i)] if int(i) < len(class_names) else i,
-                          "IoU": None if v is None else 100 * v} for i, v in ious.items()])
+    cols = {"IoU": "class_iou", "precision": "class_precision", "recall": "class_recall",
+            "FP ratio": "class_fp_ratio", "FN ratio": "class_fn_ratio"}
+    rows = []
+    for i in base["class_iou"]:
+        row = {"class": class_names[int(i)] if int(i) < len(class_names) else i}
+        for col, key in cols.items():
+            if key in base:
+                v = base[key].get(i, base[key].get(str(i)))
+                row[col] = None if v is None else 100 * v
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_class_tables(evals: dict, class_names: list[str]) -> list[dict]:
+    """One per-class table per evaluated stage, in pipeline order."""
+    out = []
+    for label, key in QUALITY_STAGES:
+        t = per_class_table(evals.get(key), class_names)
+        if t is not None:
+            out.append({"stage": label, "split": split_label(split_of(evals.get(key))),
+                        "columns": [c for c in t.columns if c != "class"],
+                        "rows": t.to_dict("records")})
+    return out
 
 
 # ---------------------------------------------------------------------------- figures
@@ -474,8 +537,9 @@ def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = 
         "variant": inp.variant, "dataset": inp.dataset, "kind": kind,
         "prov": provenance(inp.config), "timing": timing.to_dict("records"),
         "total_wall": float(timing["wall_s"].sum()) if not timing.empty else None,
-        "quality": quality, "paper": PAPER.get(kind, []),
+        "quality": quality, "paper": paper_table(kind, quality),
         "per_class": None if per_class is None else per_class.to_dict("records"),
+        "per_class_tables": per_class_tables(inp.evals, class_names),
         "per_class_source": "pseudo masks" if inp.evals.get("pseudo_masks") else best_key,
         "baselines": inp.evals.get("baselines"), "skipped": {k: v.get("skipped", [])
                                                               for k, v in splits.items()},
@@ -500,19 +564,61 @@ def _prompt_rows(path, top: int = 10) -> list[dict] | None:
     return rows
 
 
-def comparison_frame(runs: dict[str, dict], base: str) -> pd.DataFrame:
-    """runs: variant -> {"evals": {...}, "timing": DataFrame}. One row per variant."""
+# timing stages of a run report -> the workflow stage that makes them (variants sharing
+# a workflow stage share its time)
+TIMING_OWNER = {"CLIP pre-training": "pretrain", "prompt selection": "prompts",
+                "CAMs + CAA": "cams", "CAM evaluation": "cams", "CRF + confidence": "crf",
+                "pseudo-mask evaluation": "crf", "segmentation training": "segmentation",
+                "segmentation inference": "segmentation",
+                "segmentation evaluation": "segmentation"}
+TIME_STAGES = ("CAMs + CAA", "CRF + confidence", "segmentation training")
+
+
+def override_note(overrides: dict | None) -> str:
+    """A variant's overrides of the config, as dotted keys: 'cam.mode=reference'."""
+    if not overrides:
+        return "the config as it is (no overrides)"
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}={json.dumps(v) if not isinstance(v, str) else v}"
+
+    return "; ".join(flat(overrides))
+
+
+def comparison_frame(runs: dict[str, dict], base: str,
+                     owners: dict[str, dict] | None = None) -> pd.DataFrame:
+    """runs: variant -> {"evals": {...}, "timing": DataFrame}. One row per variant.
+
+    owners: variant -> {workflow stage: the variant whose run made it}. A stage a variant
+    shares is shown as shared, not as its time again, and its total counts only the
+    stages it ran itself."""
+    owners = owners or {}
     rows = []
     for v, r in runs.items():
-        row = {"variant": v}
+        row = {"variant": v, "shared": {}}
         for label, key in QUALITY_STAGES:
             m = miou_of(r["evals"].get(key))
             row[label] = None if m is None else 100 * m
         t = r["timing"]
-        for stage in ("CAMs + CAA", "CRF + confidence", "segmentation training"):
-            s = t[t["stage"] == stage]["wall_s"]
-            row[f"{stage} (s)"] = float(s.iloc[0]) if len(s) else None
-        row["total (s)"] = float(t["wall_s"].sum()) if not t.empty else None
+        own = owners.get(v, {})
+        total = 0.0
+        for _, tr in t.iterrows():
+            owner = own.get(TIMING_OWNER.get(tr["stage"], ""), v)
+            if owner == v and pd.notna(tr["wall_s"]):
+                total += float(tr["wall_s"])
+        for stage in TIME_STAGES:
+            sel = t[t["stage"] == stage]["wall_s"]
+            owner = own.get(TIMING_OWNER[stage], v)
+            if owner != v:
+                row[f"{stage} (s)"] = None
+                row["shared"][f"{stage} (s)"] = owner
+            else:
+                row[f"{stage} (s)"] = float(sel.iloc[0]) if len(sel) else None
+        row["total (s)"] = total if not t.empty else None
         rows.append(row)
     df = pd.DataFrame(rows)
     for label, _ in QUALITY_STAGES:
@@ -523,14 +629,66 @@ def comparison_frame(runs: dict[str, dict], base: str) -> pd.DataFrame:
     return df
 
 
+def per_class_side_by_side(runs: dict[str, dict], class_names: list[str] | None) -> dict | None:
+    """Per-class IoU (%) of each variant's best evaluated stage (pseudo masks where they
+    exist), one column per variant."""
+    cols, table = [], {}
+    for v, r in runs.items():
+        key = "pseudo_masks" if r["evals"].get("pseudo_masks") else next(
+            (k for _, k in reversed(QUALITY_STAGES) if miou_of(r["evals"].get(k)) is not None), None)
+        ev = r["evals"].get(key) if key else None
+        if miou_of(ev) is None:
+            continue
+        base = ev["at_chosen"] if "at_chosen" in ev else ev
+        if "class_iou" not in base:
+            continue
+        names = class_names or ev.get("class_names") or []
+        cols.append({"variant": v, "stage": dict((k, lbl) for lbl, k in QUALITY_STAGES)[key]})
+        for i, iou in base["class_iou"].items():
+            name = names[int(i)] if int(i) < len(names) else str(i)
+            table.setdefault(name, {})[v] = None if iou is None else 100 * iou
+    if not cols:
+        return None
+    return {"columns": cols, "rows": [{"class": c, **vals} for c, vals in table.items()]}
+
+
+def paper_side_by_side(kind: str | None, runs: dict[str, dict]) -> list[dict]:
+    """The paper's numbers, each variant's number on the same split beside it, and the
+    difference."""
+    rows = []
+    for stage, what, split, split_name, value in PAPER.get(kind or "", []):
+        key = dict(QUALITY_STAGES)[stage]
+        cells = {}
+        for v, r in runs.items():
+            ev = r["evals"].get(key)
+            same = miou_of(ev) is not None and (split_of(ev) or {}).get("name") == split_name
+            cells[v] = {"value": 100 * miou_of(ev) if same else None,
+                        "delta": 100 * miou_of(ev) - value if same else None}
+        rows.append({"stage": stage, "what": what, "split": split, "paper": value, "cells": cells})
+    return rows
+
+
 def render_comparison(dataset_name: str, runs: dict[str, dict], base: str, html_path, md_path,
-                      notes: dict[str, str] | None = None) -> pd.DataFrame:
-    df = comparison_frame(runs, base)
+                      notes: dict[str, str] | None = None, owners: dict | None = None,
+                      kind: str | None = None, class_names: list[str] | None = None
+                      ) -> pd.DataFrame:
+    df = comparison_frame(runs, base, owners)
     stages = [label for label, _ in QUALITY_STAGES]
     figs = {"comparison": fig_comparison(df, stages)}
+    shared_note = {}
+    for r in df.to_dict("records"):
+        for col, owner in (r.get("shared") or {}).items():
+            shared_note.setdefault(r["variant"], []).append(f"{col[:-4]} from {owner}")
+    time_cols = [c for c in df.columns if c.endswith("(s)")]
+    grand = None
+    if owners and "total (s)" in df:
+        grand = float(pd.to_numeric(df["total (s)"], errors="coerce").fillna(0).sum())
     ctx = {"title": f"CLIP-ES variants: {dataset_name}", "base": base,
            "stages": stages, "rows": df.to_dict("records"), "notes": notes or {},
-           "time_cols": [c for c in df.columns if c.endswith("(s)")], "figs": figs}
+           "shared": {v: "; ".join(n) for v, n in shared_note.items()},
+           "time_cols": time_cols, "grand_total": grand, "figs": figs,
+           "per_class": per_class_side_by_side(runs, class_names),
+           "paper": paper_side_by_side(kind, runs), "variants": list(runs)}
     write_text(html_path, _env().get_template("comparison.html.j2").render(**ctx))
     ctx_md = dict(ctx, figs=_write_figures(figs, Path(md_path)))
     write_text(md_path, _env(markdown=True).get_template("comparison.md.j2").render(**ctx_md))

@@ -36,11 +36,16 @@ CLASSES = ["cat", "dog", "person", "car", "bird"]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--mode", default="batched", choices=["reference", "batched"])
-    p.add_argument("--batch-size", type=int, default=1)
+    from clipes.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000],
+                   help="dataset sizes to run, each in its own process")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--mode", default="batched", choices=["reference", "batched"],
+                   help="CAM mode of cams.py")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images of one size per pass (batched mode)")
     p.add_argument("--checkpoint", help="OpenAI-format CLIP file (default: random ViT-B/16)")
     p.add_argument("--extra", default="", help="more scripts/cams.py options, one string")
     p.add_argument("--mix", choices=list(MIXES), default="voc",

@@ -59,13 +59,16 @@ runpy.run_path(script, run_name="__main__")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=10)
+    from clipes.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--images", type=int, default=10, help="generated VOC-format images")
     p.add_argument("--repeats", type=int, default=3, help="alternating rounds; the median counts")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="device of this project's runs (the authors' script picks its own)")
     p.add_argument("--model", default="ViT-B-16", help="architecture of the random checkpoint")
     p.add_argument("--checkpoint", type=Path, help="an OpenAI-format file instead of random weights")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:3], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS)[:3], choices=list(VARIANTS),
+                   help="which scripts/cams.py option sets to time (names of VARIANTS)")
     p.add_argument("--extra", default="", help="more scripts/cams.py options for every variant")
     p.add_argument("--authors-code", type=Path, help="checkout of linyq2117/CLIP-ES")
     p.add_argument("--authors-python", default=sys.executable,

@@ -22,14 +22,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="ViT-B-16")
+    from clipes.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--model", default="ViT-B-16", help="open_clip model name (random weights)")
     p.add_argument("--images", type=int, default=4, help="images per label count")
-    p.add_argument("--labels", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"))
+    p.add_argument("--labels", type=int, nargs="+", default=[1, 2, 3],
+                   help="label counts per image to time")
+    p.add_argument("--size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"),
+                   help="image size H W")
     p.add_argument("--batch-size", type=int, default=1, help="batched mode: images per pass")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--autocast", choices=["fp16", "bf16"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--autocast", choices=["fp16", "bf16"],
+                   help="mixed precision of the batched runs (CUDA)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the images; the fastest counts")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: mode,n_labels,out.npz

@@ -65,12 +65,17 @@ PARITY_RUNS = {"reference fp32": ["--mode", "reference"], "batched fp32": ["--mo
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    from clipes.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--device", default="cuda",
+                   help="cuda (cpu: a trial of every step on a few images)")
+    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS,
+                   help="which measurements to run")
     p.add_argument("--deadline", type=float, default=420,
                    help="seconds after which no step starts and running ones are stopped")
-    p.add_argument("--images", type=int, default=10582)
+    p.add_argument("--images", type=int, default=10582,
+                   help="generated VOC-format images (VOC train_aug has 10,582)")
     p.add_argument("--subset", type=int, default=2000, help="images of the other CAM runs")
     p.add_argument("--cam-runs", nargs="+", default=[r[0] for r in CAM_RUNS],
                    choices=[r[0] for r in CAM_RUNS], metavar="RUN",
@@ -78,21 +83,27 @@ def parse_args(argv=None):
     p.add_argument("--parity-images", type=int, default=500,
                    help="images compared between precisions")
     p.add_argument("--checkpoint", type=Path, help="an OpenAI-format file instead of random ViT-B/16")
-    p.add_argument("--crf-images", type=int, default=640)
-    p.add_argument("--crf-jobs", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--seg-images", type=int, default=640)
-    p.add_argument("--seg-iterations", type=int, default=100)
+    p.add_argument("--crf-images", type=int, default=640, help="images the CRF step runs on")
+    p.add_argument("--crf-jobs", type=int, default=os.cpu_count() or 1,
+                   help="CRF processes (default: every core)")
+    p.add_argument("--seg-images", type=int, default=640, help="pseudo masks the training reads")
+    p.add_argument("--seg-iterations", type=int, default=100, help="training iterations timed")
     p.add_argument("--seg-warmup", type=int, default=20, help="iterations left out of the rate")
-    p.add_argument("--seg-backbone", default="resnet101", choices=["resnet101", "resnet50", "tiny"])
-    p.add_argument("--seg-workers", type=int, default=max(1, (os.cpu_count() or 2) - 4))
-    p.add_argument("--seg-crop", type=int, default=321)
+    p.add_argument("--seg-backbone", default="resnet101", choices=["resnet101", "resnet50", "tiny"],
+                   help="segmentation backbone")
+    p.add_argument("--seg-workers", type=int, default=max(1, (os.cpu_count() or 2) - 4),
+                   help="training data loader processes")
+    p.add_argument("--seg-crop", type=int, default=321, help="training crop size")
     p.add_argument("--golden", type=Path, help="the parity set (clip_tiny.pt, voc/, coco/)")
-    p.add_argument("--parity-datasets", nargs="+", default=list(PARITY_SETS), choices=list(PARITY_SETS))
+    p.add_argument("--parity-datasets", nargs="+", default=list(PARITY_SETS), choices=list(PARITY_SETS),
+                   help="golden sets of the parity step")
     p.add_argument("--parity-runs", nargs="+", default=list(PARITY_RUNS), choices=list(PARITY_RUNS),
                    metavar="RUN", help="default: all of %(choices)s")
     p.add_argument("--no-pytest", action="store_true", help="parity: leave out tests/test_parity.py")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/clipes-gpu"))
-    p.add_argument("--out-dir", type=Path, default=Path("."))
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/clipes-gpu"),
+                   help="where the generated data and runs go")
+    p.add_argument("--out-dir", type=Path, default=Path("."),
+                   help="where summary.md, summary.json and log.txt go")
     return p.parse_args(argv)
 
 

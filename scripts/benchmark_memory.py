@@ -29,10 +29,12 @@ from clipes import report, standins  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from clipes.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--sizes", type=int, nargs=2, default=[40, 160], metavar=("SMALL", "LARGE"),
                    help="images generated (VOC and SBD lists together) for each run")
-    p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--cores", type=int, default=2, help='cores given to snakemake')
     p.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
     return p.parse_args(argv)
 

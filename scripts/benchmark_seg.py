@@ -107,17 +107,21 @@ def loader_rate(args, protocol) -> float:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", default="both", choices=["both", "deeplab-pytorch", "torchvision"])
-    p.add_argument("--backbone", default="resnet101", choices=["resnet101", "resnet50", "tiny"])
-    p.add_argument("--crop", type=int, default=321)
+    from clipes.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--protocol", default="both", choices=["both", "deeplab-pytorch", "torchvision"],
+                   help="segmentation protocol(s) to time")
+    p.add_argument("--backbone", default="resnet101", choices=["resnet101", "resnet50", "tiny"],
+                   help="ResNet depth (tiny: a few blocks)")
+    p.add_argument("--crop", type=int, default=321, help="crop size")
     p.add_argument("--batch-size", type=int, default=10, help="images per iteration")
     p.add_argument("--iter-size", type=int, default=2,
                    help="deeplab-pytorch: sub-batches per iteration (batch 10 = 5 x 2)")
     p.add_argument("--iterations", type=int, default=3, help="timed iterations (after 1 warm-up)")
-    p.add_argument("--classes", type=int, default=21)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--classes", type=int, default=21, help="classes, background included")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (default: fp16 autocast)")
     p.add_argument("--loader", type=int, default=0, help="also time the data loader on N JPEGs")
     p.add_argument("--workers", type=int, default=4, help="data loader processes")
     p.add_argument("--json", type=Path, help="also write the rows as JSON")

@@ -7,8 +7,8 @@ size (``--store full``: float16, the reference's ``attn_highres``). clipes.camst
 both to the same float16 maps; ``scripts/export_cams.py`` writes the authors' .npy files.
 
 Example (the paper's setting on VOC12 train):
-    python scripts/cams.py --dataset voc12 --root data/VOC2012 \
-        --split data/VOC2012/ImageSets/Segmentation/train.txt \
+    python scripts/cams.py --dataset voc12 --root data/VOC2012 \\
+        --split data/VOC2012/ImageSets/Segmentation/train.txt \\
         --checkpoint ViT-B-16.pt --out results/cams
 """
 
@@ -22,7 +22,7 @@ from clipes import affinity, cam, camstore, cli, datasets, io, text  # noqa: E40
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     cli.add_dataset_args(p)
     cli.add_model_args(p)
     p.add_argument("--out", required=True, type=Path, help="output folder for <id>.npz")

@@ -23,16 +23,17 @@ from clipes import cli, io, parity  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("a", type=Path, help="folder of the first run (the baseline)")
     p.add_argument("b", type=Path, help="folder of the second run")
     g = p.add_argument_group("dataset (optional: without it, the ids the first folder holds "
                              "are compared and no mIoU is computed)")
-    g.add_argument("--dataset", choices=["voc12", "coco14", "custom", "synthetic"])
-    g.add_argument("--root", type=Path)
-    g.add_argument("--split", type=Path)
-    g.add_argument("--classes")
-    g.add_argument("--labels", type=Path)
+    g.add_argument("--dataset", choices=["voc12", "coco14", "custom", "synthetic"],
+                   help="dataset kind (for the mIoU of each run)")
+    g.add_argument("--root", type=Path, help="dataset root folder")
+    g.add_argument("--split", type=Path, help="split file")
+    g.add_argument("--classes", help="custom: class list (file or JSON)")
+    g.add_argument("--labels", type=Path, help="custom: label CSV")
     g.add_argument("--powers", type=float, nargs="+", default=[1, 2],
                    help="background powers of the CAM labels (default 1 2)")
     p.add_argument("--out", type=Path, help="JSON summary")

@@ -76,7 +76,9 @@ def render() -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from clipes.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--check", action="store_true", help="only check that config/README.md is current")
     a = p.parse_args(argv)
     text = render()

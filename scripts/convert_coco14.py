@@ -22,10 +22,10 @@ from clipes import cli, convert  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--root", required=True, type=Path,
                    help="folder holding train2014/, val2014/ and annotations/")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help='output folder of the converted layout')
     p.add_argument("--crowd", choices=["class", "ignore"], default="class",
                    help="crowd regions: their class (default) or 255")
     p.add_argument("--workers", type=int, default=1, help="processes writing masks")

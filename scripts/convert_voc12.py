@@ -7,7 +7,7 @@ OUT/SegmentationClassAug/<id>.png, OUT/ImageSets/Segmentation/{train_aug,train,v
 links OUT/JPEGImages and OUT/Annotations to the VOC folders, and OUT/convert.json (how many
 ids each source gave). train_aug = SBD train + SBD val + VOC train - VOC val.
 
-    python scripts/convert_voc12.py --voc data/VOCdevkit/VOC2012 \
+    python scripts/convert_voc12.py --voc data/VOCdevkit/VOC2012 \\
         --sbd data/benchmark_RELEASE --out results/voc12/data/converted
 """
 
@@ -21,12 +21,12 @@ from clipes import cli, convert  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--voc", required=True, type=Path, help="VOCdevkit/VOC2012 folder")
     p.add_argument("--sbd", type=Path, help="SBD's benchmark_RELEASE folder")
     p.add_argument("--aug-masks", type=Path,
                    help="a SegmentationClassAug folder (used instead of --sbd when both exist)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help='output folder of the converted layout')
     p.add_argument("--workers", type=int, default=1, help="processes writing masks")
     return p.parse_args(argv)
 

@@ -6,7 +6,7 @@ below --confidence (ignored by the segmentation loss: CGL). --labels-out also ke
 CRF labels before that step (what the reference's CRF mIoU is computed on).
 
 Example:
-    python scripts/crf.py --dataset voc12 --root data/VOC2012 --split train.txt \
+    python scripts/crf.py --dataset voc12 --root data/VOC2012 --split train.txt \\
         --cams results/cams --out results/pseudo_masks --jobs 8
 """
 
@@ -21,7 +21,7 @@ from clipes import camstore, cli, crf, datasets, io, metrics  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     cli.add_dataset_args(p)
     p.add_argument("--cams", required=True, type=Path, nargs="+",
                    help="folder(s) of <id>.npz CAM archives (the CAM stage's shards)")
@@ -31,8 +31,10 @@ def parse_args(argv=None):
                    help="folder for the CRF confidence (max probability x 255, uint8 PNG)")
     d = crf.CrfParams()
     g = p.add_argument_group("CRF (defaults: the reference recipe)")
-    g.add_argument("--iterations", type=int, default=d.iterations)
-    g.add_argument("--bg-power", type=float, default=d.bg_power)
+    g.add_argument("--iterations", type=int, default=d.iterations,
+                   help="mean-field iterations of the dense CRF")
+    g.add_argument("--bg-power", type=float, default=d.bg_power,
+                   help="background score = (1 - max CAM) ** power")
     g.add_argument("--confidence", type=float, default=d.confidence,
                    help="pixels with max CRF probability below this become 255")
     g.add_argument("--image-input", choices=["reference", "rgb"], default=d.image_input,

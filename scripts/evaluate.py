@@ -6,7 +6,7 @@ ground truth, so the chosen power is reported as an ORACLE choice (as the refere
 For masks, 255 (ignored) predictions are left out and their share reported as coverage.
 
 Example:
-    python scripts/evaluate.py --dataset voc12 --root data/VOC2012 --split train.txt \
+    python scripts/evaluate.py --dataset voc12 --root data/VOC2012 --split train.txt \\
         --cams results/cams --out results/eval_cams.json
 """
 
@@ -20,7 +20,7 @@ from clipes import cli, io, metrics  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     cli.add_dataset_args(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--cams", type=Path, nargs="+", help="folder(s) of <id>.npz CAM archives")
@@ -31,6 +31,14 @@ def parse_args(argv=None):
                    help="background powers to try for CAMs (default 1 2)")
     p.add_argument("--out", required=True, type=Path, help="metrics JSON")
     return p.parse_args(argv)
+
+
+def split_info(split, n_images: int, n_scored: int) -> dict:
+    """What a number is measured on: the split's name (its file's stem: train, train_aug,
+    val, ...; 'all rows' of a label table without a split file) and its image counts."""
+    name = Path(split).stem if split else "all rows"
+    return {"name": name, "file": str(split) if split else None, "n_images": n_images,
+            "n_scored": n_scored}
 
 
 def main(argv=None):
@@ -52,6 +60,7 @@ def main(argv=None):
     else:
         res = metrics.evaluate_mask_dir(scored, args.masks, ds.n_classes)
     res["what"] = what
+    res["split"] = split_info(args.split, len(ds.samples), len(scored))
     res["n_without_gt"] = len(ds.samples) - len(scored)
     res["dataset"] = ds.name
     res["class_names"] = ds.class_names

@@ -26,7 +26,7 @@ from clipes import camstore, cli, io  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--cams", type=Path, nargs="+", required=True,
                    help="folder(s) of <id>.npz CAM archives (the CAM stage's shards)")
     p.add_argument("--out", type=Path, required=True, help="output folder")

@@ -23,11 +23,12 @@ from clipes import cli, standins  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="folder to write the stand-ins into")
     p.add_argument("--voc-images", type=int, default=30, help="VOC/SBD images (default 30)")
-    p.add_argument("--coco-images", type=int, nargs=2, default=[12, 6], metavar=("TRAIN", "VAL"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--coco-images", type=int, nargs=2, default=[12, 6], metavar=("TRAIN", "VAL"),
+                   help="COCO stand-in images in train and val")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     return p.parse_args(argv)
 
 

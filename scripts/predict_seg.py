@@ -3,7 +3,7 @@
 (msc-max: deeplab-pytorch's max-fused 1/0.5/0.75 logits; mean-softmax-flip), optional
 CRF; one palette PNG per image in OUT.
 
-    python scripts/predict_seg.py --dataset voc12 --root data/VOC2012 --split val.txt \
+    python scripts/predict_seg.py --dataset voc12 --root data/VOC2012 --split val.txt \\
         --model results/segmentation/model.pt --out results/pred_val
 """
 
@@ -17,18 +17,19 @@ from clipes import cli, datasets, io, segmentation  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     cli.add_dataset_args(p)
     p.add_argument("--model", required=True, type=Path, help="model.pt from train_seg.py")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="output folder of the prediction PNGs")
     p.add_argument("--test-protocol", choices=segmentation.TEST_PROTOCOLS,
                    help="msc-max: deeplab-pytorch's (the paper's; default for its models); "
                         "mean-softmax-flip: softmax averaged over --scales and flips "
                         "(default for torchvision-protocol models)")
-    p.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.25])
-    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.25],
+                   help="test scales (mean-softmax-flip)")
+    p.add_argument("--no-flip", action="store_true", help="mean-softmax-flip: no horizontal flips")
     p.add_argument("--crf", action="store_true", help="dense CRF on the predicted probabilities")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     return p.parse_args(argv)
 
 

@@ -6,7 +6,7 @@ images left out (empty label lists) with the reason. For custom datasets it also
 OUT/classes.yaml and OUT/background.txt from the config; for the synthetic dataset it
 generates the images under OUT/synthetic/.
 
-    python scripts/prepare_dataset.py --kind voc12 --root data/VOC2012 \
+    python scripts/prepare_dataset.py --kind voc12 --root data/VOC2012 \\
         --train-split data/VOC2012/ImageSets/Segmentation/train.txt --out results/voc12/data
 """
 
@@ -22,16 +22,18 @@ from clipes import manifest as data_manifest  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kind", required=True, choices=["synthetic", "voc12", "coco14", "custom"])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p.add_argument("--kind", required=True, choices=["synthetic", "voc12", "coco14", "custom"],
+                   help="dataset kind")
     p.add_argument("--root", type=Path, help="dataset folder (not for synthetic)")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--train-split", type=Path)
-    p.add_argument("--val-split", type=Path)
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for dataset.json and manifest.tsv (and the synthetic data)")
+    p.add_argument("--train-split", type=Path, help="training split file")
+    p.add_argument("--val-split", type=Path, help="validation split file")
     p.add_argument("--classes", help="custom: JSON list of classes, or a class-list file")
     p.add_argument("--labels", type=Path, help="custom: CSV image,labels")
     p.add_argument("--background", help="custom: JSON list of words, or a file (default VOC12 set)")
-    p.add_argument("--no-reference-quirks", action="store_true")
+    p.add_argument("--no-reference-quirks", action="store_true", help="fix the reference's quirks in class prompts and labels")
     p.add_argument("--exif", choices=datasets.EXIF_POLICIES, default="ignore",
                    help="EXIF orientation policy of the stages (see --help of cams.py)")
     p.add_argument("--hash-cache", type=Path,
@@ -47,9 +49,9 @@ def parse_args(argv=None):
                    help="convert.json of the conversion from the official downloads, kept "
                         "in dataset.json (what came from where)")
     g = p.add_argument_group("synthetic")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--n-train", type=int, default=400)
-    g.add_argument("--n-val", type=int, default=80)
+    g.add_argument("--seed", type=int, default=0, help="synthetic: seed of the generated world")
+    g.add_argument("--n-train", type=int, default=400, help="synthetic: training images")
+    g.add_argument("--n-val", type=int, default=80, help="synthetic: validation images")
     return p.parse_args(argv)
 
 

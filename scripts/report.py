@@ -2,10 +2,10 @@
 """Reports: `run` renders one variant's report (HTML + Markdown + a JSON summary);
 `compare` renders the comparison of several variants from their summaries.
 
-    python scripts/report.py run --variant base --dataset-json results/demo/data/dataset.json \
-        --config config.json --eval cams=results/demo/base/eval/cams.json ... \
+    python scripts/report.py run --variant base --dataset-json results/demo/data/dataset.json \\
+        --config config.json --eval cams=results/demo/base/eval/cams.json ... \\
         --html reports/demo/base.html --md reports/demo/base.md
-    python scripts/report.py compare --summary reports/demo/base.json reports/demo/no_crf.json \
+    python scripts/report.py compare --summary reports/demo/base.json reports/demo/no_crf.json \\
         --html reports/demo/comparison.html --md reports/demo/comparison.md
 """
 
@@ -20,12 +20,13 @@ from clipes import cli, io, report  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="one variant's report")
     cli.add_dataset_args(r)
-    r.add_argument("--variant", required=True)
-    r.add_argument("--dataset-json", required=True, type=Path)
+    r.add_argument("--variant", required=True, help="the variant's name")
+    r.add_argument("--dataset-json", required=True, type=Path,
+                   help="dataset.json of the preparation")
     r.add_argument("--config", required=True, type=Path, help="the variant's config (JSON or YAML)")
     r.add_argument("--eval", nargs="*", default=[], metavar="STAGE=JSON",
                    help="metrics files: cams_plain, cams, crf_labels, pseudo_masks, segmentation")
@@ -38,15 +39,19 @@ def parse_args(argv=None):
     r.add_argument("--pseudo", nargs="*", type=Path, default=[], help="pseudo-mask folders (gallery)")
     r.add_argument("--pred", nargs="*", type=Path, default=[], help="prediction folders (gallery)")
     r.add_argument("--gallery", type=int, default=4, help="best and worst images shown")
-    r.add_argument("--html", required=True, type=Path)
-    r.add_argument("--md", required=True, type=Path)
+    r.add_argument("--html", required=True, type=Path, help="HTML report to write")
+    r.add_argument("--md", required=True, type=Path, help="Markdown report to write")
     r.add_argument("--summary", type=Path, help="JSON summary for `compare`")
     c = sub.add_parser("compare", help="variants side by side")
-    c.add_argument("--summary", nargs="+", required=True, type=Path)
+    c.add_argument("--summary", nargs="+", required=True, type=Path,
+                   help="JSON summary(ies) of run reports")
     c.add_argument("--base", help="variant the deltas are taken against (default: the first)")
-    c.add_argument("--title", default="dataset")
-    c.add_argument("--html", required=True, type=Path)
-    c.add_argument("--md", required=True, type=Path)
+    c.add_argument("--variants", help="JSON: variant -> {overrides: the variant's overrides of "
+                                      "the config, owners: workflow stage -> the variant that "
+                                      "ran it} (the workflow passes it)")
+    c.add_argument("--title", default="dataset", help="dataset name shown in the title")
+    c.add_argument("--html", required=True, type=Path, help="HTML report to write")
+    c.add_argument("--md", required=True, type=Path, help="Markdown report to write")
     return p.parse_args(argv)
 
 
@@ -68,19 +73,26 @@ def run(args):
     ctx = report.render_run(inp, args.html, args.md, gallery)
     if args.summary:
         io.write_json(args.summary, {"variant": args.variant, "evals": evals,
-                                     "timing": ctx["timing"], "dataset": cfg["dataset"]["name"]})
+                                     "timing": ctx["timing"], "dataset": cfg["dataset"]["name"],
+                                     "kind": inp.dataset.get("kind"),
+                                     "class_names": inp.dataset.get("class_names", [])})
 
 
 def compare(args):
     import pandas as pd
 
-    runs, notes = {}, {}
+    runs, kind, class_names = {}, None, None
     for path in args.summary:
         s = json.loads(path.read_text())
         runs[s["variant"]] = {"evals": s["evals"], "timing": pd.DataFrame(
             s["timing"], columns=["stage", "wall_s", "cpu_s", "peak_mem_mb", "jobs", "images_per_s"])}
+        kind, class_names = s.get("kind", kind), s.get("class_names") or class_names
+    info = json.loads(args.variants) if args.variants else {}
+    notes = {v: report.override_note(info[v].get("overrides")) for v in runs if v in info}
+    owners = {v: info[v].get("owners", {}) for v in runs if v in info}
     base = args.base or next(iter(runs))
-    report.render_comparison(args.title, runs, base, args.html, args.md, notes)
+    report.render_comparison(args.title, runs, base, args.html, args.md, notes, owners,
+                             kind, class_names)
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ foreground classes); an image's scores at its ground-truth classes are dispersed
 var/mean; the template's sharpness is the sum over images. The least sharp template is
 selected. Writes a TSV (template, sharpness, n_multilabel, rank, selected).
 
-    python scripts/score_prompts.py --dataset voc12 --root data/VOC2012 --split train.txt \
+    python scripts/score_prompts.py --dataset voc12 --root data/VOC2012 --split train.txt \\
         --checkpoint ViT-B-16.pt --candidates imagenet --out results/prompts.tsv
 """
 
@@ -20,12 +20,13 @@ from clipes import cli, io, text  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     cli.add_dataset_args(p)
     cli.add_model_args(p)
     p.add_argument("--candidates", nargs="+", default=["imagenet"],
                    help="'imagenet' (CLIP's 80 templates), templates, or a file with one per line")
-    p.add_argument("--synonym-fusion", choices=["sentence", "average"], default="sentence")
+    p.add_argument("--synonym-fusion", choices=["sentence", "average"], default="sentence",
+                   help="sentence (reference) or averaged synonym embeddings")
     p.add_argument("--max-images", type=int, default=1000, help="images scored (first N of the split)")
     p.add_argument("--out", required=True, type=Path, help="TSV table")
     return p.parse_args(argv)

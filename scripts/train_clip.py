@@ -16,14 +16,18 @@ from clipes import cli, io, pretrain, synthetic  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     p.add_argument("--data", required=True, type=Path, help="synthetic dataset folder (captions.csv)")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write")
     p.add_argument("--summary", type=Path, help="JSON summary (steps, seconds, loss)")
     d = pretrain.TinyClipConfig()
-    for name in ("steps", "batch_size", "seed", "image_size", "patch_size", "vision_layers",
-                 "vision_width"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    helps = {"steps": "training steps", "batch_size": "image-caption pairs per step",
+             "seed": "seed of the initialisation and the batches",
+             "image_size": "input size of the vision tower", "patch_size": "its patch size",
+             "vision_layers": "its transformer blocks", "vision_width": "its width"}
+    for name, text in helps.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name),
+                       help=text)
     p.add_argument("--pool", choices=["tok", "avg"], default=d.pool,
                    help="image embedding in training: CLS token (tok) or patch mean (avg)")
     p.add_argument("--corpus", type=int, default=0,

@@ -187,3 +187,62 @@ def test_refused_tower_is_one_line_from_a_script(golden):
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "RN50" in lines[0] and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------ --help
+def _parsers(script: Path):
+    """The argument parsers a script builds (its own, and its subcommands')."""
+    import argparse
+    import importlib.util
+
+    class Built(Exception):
+        pass
+
+    def grab(self, *a, **k):
+        raise Built(self)
+
+    spec = importlib.util.spec_from_file_location(f"script_{script.stem}", script)
+    mod = importlib.util.module_from_spec(spec)
+    saved = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = grab
+    try:
+        spec.loader.exec_module(mod)
+        build = getattr(mod, "parse_args", None) or mod.main
+        try:
+            build([])
+        except TypeError:  # main() reads sys.argv itself
+            build()
+    except Built as b:
+        parser = b.args[0]
+    finally:
+        argparse.ArgumentParser.parse_args = saved
+    out = [parser]
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            out += list(a.choices.values())
+    return out
+
+
+SCRIPTS = sorted((REPO / "scripts").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_every_option_has_help_and_examples_print_as_written(script):
+    import argparse
+    import ast
+
+    for parser in _parsers(script):
+        for a in parser._actions:
+            if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert a.help, (script.name, a.option_strings or a.dest)
+    source = script.read_text()
+    doc = ast.get_docstring(ast.parse(source), clean=False)
+    literal = source[source.index('"""') + 3:source.index('"""', source.index('"""') + 3)]
+    assert doc.count("\n") == literal.count("\n"), f"{script.name}: a line of the docstring " \
+        f"ends in a single backslash, which joins it to the next: write \\\\"
+    proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for line in doc.splitlines():
+        if line.strip().startswith("python "):
+            assert line.rstrip() in proc.stdout, (script.name, line)

@@ -210,3 +210,68 @@ def test_reports_escape_every_name_they_did_not_write(inputs):
     assert not bad, bad
     rows = [ln for ln in text.splitlines() if ln.startswith("|") and "alert" in ln]
     assert rows and all("\\|" in ln for ln in rows)  # the name's '|' cannot split a cell
+
+
+def test_every_number_names_its_split_and_the_paper_difference_is_on_the_same_split(inputs):
+    """train and train_aug told apart: the paper's train_aug pseudo-mask number gets a
+    difference from this run's train_aug evaluation, its train numbers do not."""
+    inp, tmp = inputs
+    hist = np.array([[50, 10, 0], [5, 30, 5], [0, 0, 0]])
+    from clipes import metrics
+
+    scored = metrics.scores_from_hist(hist)
+    inp.evals["pseudo_masks"] = {**scored, "n_images": 10,
+                                 "split": {"name": "train_aug", "n_images": 12, "n_scored": 10}}
+    ctx = report.render_run(inp, tmp / "r.html", tmp / "r.md")
+    md = (tmp / "r.md").read_text()
+    row = next(r for r in ctx["quality"] if r["key"] == "pseudo_masks")
+    assert row["split"] == "train_aug (10 images)"
+    assert row["precision"] == pytest.approx(100 * np.mean([50 / 55, 30 / 40]))
+    assert row["recall"] == pytest.approx(100 * np.mean([50 / 60, 30 / 40]))
+    paper = {(r["split"], r["what"]): r for r in ctx["paper"]}
+    aug = paper[("VOC train_aug (10,582)", "pseudo masks after CRF")]
+    assert aug["yours"] == pytest.approx(100 * scored["mIoU"])
+    assert aug["delta"] == pytest.approx(100 * scored["mIoU"] - 68.7)
+    assert paper[("VOC train (1,464)", "+ CAA + dense CRF")]["delta"] is None
+    assert "this run measured it on train_aug (10 images)" in md
+    table = next(t for t in ctx["per_class_tables"] if t["stage"] == "pseudo masks (CRF)")
+    assert table["columns"] == ["IoU", "precision", "recall", "FP ratio", "FN ratio"]
+    cat = next(r for r in table["rows"] if r["class"] == "cat")
+    assert cat["FP ratio"] == pytest.approx(100 * 10 / 50) and cat["FN ratio"] == pytest.approx(100 * 10 / 50)
+    assert "#### pseudo masks (CRF): train_aug (10 images)" in md
+
+
+def test_comparison_states_overrides_shares_stages_and_counts_them_once(tmp_path):
+    import pandas as pd
+
+    from clipes import metrics
+
+    def timing(cams, crf, seg):
+        return pd.DataFrame([{"stage": s, "wall_s": w, "cpu_s": 1, "peak_mem_mb": 1, "jobs": 1,
+                              "images_per_s": 1} for s, w in (("CAMs + CAA", cams),
+                              ("CRF + confidence", crf), ("segmentation training", seg)) if w])
+
+    ev = {**metrics.scores_from_hist(np.array([[50, 10, 0], [5, 30, 5], [0, 0, 0]])),
+          "split": {"name": "train_aug", "n_images": 10, "n_scored": 10}}
+    runs = {"base": {"evals": {"pseudo_masks": ev}, "timing": timing(100, 20, 300)},
+            "no_crf": {"evals": {"pseudo_masks": ev}, "timing": timing(100, 5, 0)},
+            "reference": {"evals": {}, "timing": timing(140, 20, 0)}}
+    owners = {"base": {"cams": "base", "crf": "base", "segmentation": "base"},
+              "no_crf": {"cams": "base", "crf": "no_crf", "segmentation": "no_crf"},
+              "reference": {"cams": "reference", "crf": "reference", "segmentation": "reference"}}
+    notes = {"base": report.override_note({}), "no_crf": report.override_note({"crf": {"enabled": False}}),
+             "reference": report.override_note({"cam": {"mode": "reference"}})}
+    df = report.render_comparison("voc12", runs, "base", tmp_path / "c.html", tmp_path / "c.md",
+                                  notes, owners, "voc12", ["background", "cat", "dog"])
+    rows = df.set_index("variant")
+    assert rows.loc["no_crf", "total (s)"] == pytest.approx(5)  # its CAMs are base's
+    assert rows.loc["base", "total (s)"] == pytest.approx(420)
+    md = (tmp_path / "c.md").read_text()
+    html = (tmp_path / "c.html").read_text()
+    assert "crf.enabled=false" in md and "cam.mode=reference" in md and "no overrides" in md
+    assert "shared (base)" in md and "shared (base)" in html
+    assert "| **all variants** |" in md and "585.0" in md  # 420 + 5 + 160: each stage once
+    # the paper's train_aug pseudo-mask number beside each variant's, with the difference
+    aug = next(ln for ln in md.splitlines() if "VOC train_aug (10,582)" in ln)
+    assert f"{100 * ev['mIoU']:.2f}" in aug and f"{100 * ev['mIoU'] - 68.7:.2f}" in aug
+    assert "## Per-class IoU (%)" in md and "| cat |" in md

@@ -784,6 +784,19 @@ def report_inputs(variant):
     return ins
 
 
+def comparison_variants():
+    """Each variant's overrides of the config and the variant whose run made each of its
+    stages, for the comparison report (JSON, quoted for the shell)."""
+    info = {
+        v: {
+            "overrides": config["variants"][v] or {},
+            "owners": {s: owner(v, s) for s in STAGE_SECTIONS},
+        }
+        for v in VARIANTS
+    }
+    return shlex.quote(json.dumps(info, sort_keys=True))
+
+
 def report_args(variant, input):
     evals = [
         f"cams_plain={input.cams_plain}",

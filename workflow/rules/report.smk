@@ -68,6 +68,8 @@ rule comparison_report:
     params:
         script=script("report"),
         base=config["report"]["baseline_variant"] or BASE,
+        variants=comparison_variants(),
     shell:
         "{params.script} compare --summary {input.summaries} --base {params.base} "
-        "--title {wildcards.dataset} --html {output.html} --md {output.md} > {log} 2>&1"
+        "--variants {params.variants} --title {wildcards.dataset} --html {output.html} "
+        "--md {output.md} > {log} 2>&1"
