@@ -366,32 +366,52 @@ def _colorize(mask: np.ndarray) -> np.ndarray:
     return pal[mask]
 
 
-def gallery_figure(items: list[dict]) -> bytes | None:
-    """items: dicts with image (RGB), gt, cam (H, W) in [0, 1], pseudo, pred (None: missing),
-    title. One row per image."""
+def _legend(fig, masks: list[np.ndarray], class_names: list[str] | None) -> None:
+    """Colour key of the classes the shown masks hold, and white for ignored pixels."""
+    from matplotlib.patches import Patch
+
+    pal = np.asarray(voc_palette(), np.uint8).reshape(256, 3) / 255
+    present = sorted({int(v) for m in masks if m is not None for v in np.unique(m)} - {IGNORE})
+    names = class_names or []
+    handles = [Patch(facecolor=pal[v], edgecolor="0.5",
+                     label=names[v] if v < len(names) else f"class {v}") for v in present]
+    handles.append(Patch(facecolor="white", edgecolor="0.3", label="ignored (255)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7,
+               frameon=False, bbox_to_anchor=(0.5, -0.02))
+
+
+GALLERY_COLUMNS = {
+    "pseudo": ["image", "ground truth", "CAM (max over classes)", "pseudo mask"],
+    "pred": ["image", "ground truth", "prediction"],
+}
+
+
+def gallery_figure(items: list[dict], kind: str = "pseudo",
+                   class_names: list[str] | None = None) -> bytes | None:
+    """items: dicts with image (RGB), gt, and cam (H, W) in [0, 1] and pseudo (kind
+    "pseudo": training images) or pred (kind "pred": validation images), and title. One row
+    per image, a colour key below."""
     if not items:
         return None
     plt = _plt()
-    cols = ["image", "ground truth", "CAM (max over classes)", "pseudo mask", "prediction"]
-    fig, axes = plt.subplots(len(items), len(cols), figsize=(2.2 * len(cols), 2.0 * len(items)),
+    cols = GALLERY_COLUMNS[kind]
+    fig, axes = plt.subplots(len(items), len(cols), figsize=(2.2 * len(cols), 2.0 * len(items) + 0.4),
                              squeeze=False)
     for r, it in enumerate(items):
-        panels = [it["image"], _colorize(it["gt"]), None, _colorize(it["pseudo"]),
-                  _colorize(it["pred"]) if it.get("pred") is not None else None]
+        panels = [it["image"], _colorize(it["gt"])] + (
+            [None, _colorize(it["pseudo"])] if kind == "pseudo" else [_colorize(it["pred"])])
         for c, ax in enumerate(axes[r]):
             ax.axis("off")
             if r == 0:
                 ax.set_title(cols[c], fontsize=8)
-            if c == 2:
+            if kind == "pseudo" and c == 2:
                 ax.imshow(it["image"])
                 ax.imshow(it["cam"], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            elif panels[c] is not None:
-                ax.imshow(panels[c])
             else:
-                ax.text(0.5, 0.5, "not available\n(val only)", ha="center", va="center",
-                        fontsize=7, transform=ax.transAxes)
+                ax.imshow(panels[c])
         axes[r][0].text(0, -0.08, it["title"], fontsize=7, transform=axes[r][0].transAxes,
                         va="top")
+    _legend(fig, [it["gt"] for it in items] + [it.get(kind) for it in items], class_names)
     return _fig_png(fig)
 
 
@@ -406,10 +426,15 @@ def per_image_iou(gt: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def gallery_items(samples, pseudo_dirs, cam_dirs, pred_dirs, n: int) -> list[dict]:
-    """The n best and n worst images by per-image IoU of their pseudo masks."""
-    from .datasets import load_gt
+def _best_and_worst(scored: list, n: int) -> list:
+    scored.sort(key=lambda t: (np.nan_to_num(t[0], nan=-1), t[1].id))
+    return scored[-n:][::-1] + [t for t in scored[:n] if t not in scored[-n:]]
+
+
+def gallery_items(samples, pseudo_dirs, cam_dirs, n: int) -> list[dict]:
+    """The n best and n worst training images by per-image IoU of their pseudo masks."""
     from .camstore import load_cams
+    from .datasets import load_gt
     from .metrics import find_file
     from .segmentation import load_rgb
 
@@ -424,20 +449,35 @@ def gallery_items(samples, pseudo_dirs, cam_dirs, pred_dirs, n: int) -> list[dic
         except FileNotFoundError:
             continue
         scored.append((per_image_iou(load_gt(s, pseudo.shape), pseudo), s, pseudo))
-    scored.sort(key=lambda t: (np.nan_to_num(t[0], nan=-1), t[1].id))
-    picks = scored[-n:][::-1] + [t for t in scored[:n] if t not in scored[-n:]]
     items = []
-    for iou, s, pseudo in picks:
+    for iou, s, pseudo in _best_and_worst(scored, n):
         _, cams = load_cams(find_file(cam_dirs, f"{s.id}.npz"))
-        pred = None
-        for d in pred_dirs or []:
-            p = Path(d) / f"{s.id}.png"
-            if p.is_file():
-                pred = load_mask(p)
         items.append({"image": load_rgb(s.image), "gt": load_gt(s, pseudo.shape),
-                      "cam": cams.astype(np.float32).max(0), "pseudo": pseudo, "pred": pred,
+                      "cam": cams.astype(np.float32).max(0), "pseudo": pseudo,
                       "title": f"{s.id}: IoU {100 * iou:.1f}"})
     return items
+
+
+def val_gallery_items(samples, pred_dirs, n: int) -> list[dict]:
+    """The n best and n worst validation images by per-image IoU of the final model's
+    predictions."""
+    from .datasets import load_gt
+    from .metrics import find_file
+    from .segmentation import load_rgb
+
+    if n <= 0 or not samples or not pred_dirs:
+        return []
+    scored = []
+    for s in samples:
+        if s.gt is None:
+            continue
+        try:
+            pred = load_mask(find_file(pred_dirs, f"{s.id}.png"))
+        except FileNotFoundError:
+            continue
+        scored.append((per_image_iou(load_gt(s, pred.shape), pred), s, pred))
+    return [{"image": load_rgb(s.image), "gt": load_gt(s, pred.shape), "pred": pred,
+             "title": f"{s.id}: IoU {100 * iou:.1f}"} for iou, s, pred in _best_and_worst(scored, n)]
 
 
 # -------------------------------------------------------------------------- rendering
@@ -512,7 +552,8 @@ def _write_figures(figs: dict[str, bytes | None], md_path: Path) -> dict[str, st
     return rel
 
 
-def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = None) -> dict:
+def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = None,
+               val_gallery: list[dict] | None = None) -> dict:
     """Render the run report of one variant. Returns the context (for tests)."""
     kind = inp.dataset.get("kind")
     class_names = inp.dataset.get("class_names", [])
@@ -529,7 +570,8 @@ def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = 
     per_class = per_class_table(inp.evals.get("pseudo_masks") or inp.evals.get(best_key),
                                 class_names)
     figs = {"timing": fig_timing(timing), "per_class": fig_per_class(per_class),
-            "gallery": gallery_figure(gallery or []),
+            "gallery": gallery_figure(gallery or [], "pseudo", class_names),
+            "val_gallery": gallery_figure(val_gallery or [], "pred", class_names),
             "train_log": Path(inp.train_log).read_bytes() if inp.train_log and
             Path(inp.train_log).is_file() else None}
     ctx = {

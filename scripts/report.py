@@ -37,7 +37,9 @@ def parse_args(argv=None):
     r.add_argument("--prompts", type=Path, help="prompt-selection table (score_prompts.py)")
     r.add_argument("--cams", nargs="*", type=Path, default=[], help="CAM folders (gallery)")
     r.add_argument("--pseudo", nargs="*", type=Path, default=[], help="pseudo-mask folders (gallery)")
-    r.add_argument("--pred", nargs="*", type=Path, default=[], help="prediction folders (gallery)")
+    r.add_argument("--pred", nargs="*", type=Path, default=[],
+                   help="prediction folders of the validation split (its gallery)")
+    r.add_argument("--val-split", type=Path, help="the validation split file (its gallery)")
     r.add_argument("--gallery", type=int, default=4, help="best and worst images shown")
     r.add_argument("--html", required=True, type=Path, help="HTML report to write")
     r.add_argument("--md", required=True, type=Path, help="Markdown report to write")
@@ -65,12 +67,16 @@ def run(args):
     cfg = yaml.safe_load(args.config.read_text())
     ds = cli.dataset_from_args(args)
     evals["baselines"] = report.trivial_baselines(ds.samples, ds.n_classes)
-    gallery = report.gallery_items(ds.samples, args.pseudo, args.cams, args.pred, args.gallery) \
+    gallery = report.gallery_items(ds.samples, args.pseudo, args.cams, args.gallery) \
         if args.pseudo and args.cams else []
+    val_gallery = []
+    if args.pred and args.val_split:
+        val = cli.dataset_from_args(argparse.Namespace(**{**vars(args), "split": args.val_split}))
+        val_gallery = report.val_gallery_items(val.samples, args.pred, args.gallery)
     inp = report.RunInputs(args.variant, json.loads(args.dataset_json.read_text()), cfg, evals,
                            args.bench_dirs, args.train_log, args.prompts,
                            report.load_json(args.seg_info) if args.seg_info else None)
-    ctx = report.render_run(inp, args.html, args.md, gallery)
+    ctx = report.render_run(inp, args.html, args.md, gallery, val_gallery)
     if args.summary:
         io.write_json(args.summary, {"variant": args.variant, "evals": evals,
                                      "timing": ctx["timing"], "dataset": cfg["dataset"]["name"],

@@ -42,6 +42,18 @@ def test_every_stage_writes_its_outputs(demo_run):
     for v in ("base", "strict", "no_caa", "comparison"):
         html = (demo_run / "reports" / "tiny" / f"{v}.html").read_text()
         assert "<table" in html and (demo_run / "reports" / "tiny" / f"{v}.md").is_file()
+    # the final model's predictions on val images are shown where there is a model
+    base = (demo_run / "reports" / "tiny" / "base.html").read_text()
+    assert 'alt="validation gallery"' in base and 'alt="gallery"' in base
+    assert 'alt="validation gallery"' not in (demo_run / "reports" / "tiny" / "no_caa.html").read_text()
+    # the comparison says what each variant changes, and which stages it shares
+    comparison = (demo_run / "reports" / "tiny" / "comparison.md").read_text()
+    assert "- **strict**: crf.confidence=0.99; shared: CAMs + CAA from base" in comparison
+    assert "- **no_caa**: cam.caa=false" in comparison
+    for name in ("base.json", "comparison.json"):  # strict JSON: no bare NaN
+        if (demo_run / "reports" / "tiny" / name).is_file():
+            json.loads((demo_run / "reports" / "tiny" / name).read_text(),
+                       parse_constant=lambda c: pytest.fail(f"{name}: {c} is not JSON"))
     # benchmarks and logs for every rule that ran
     for rule in ("cams0", "cams1", "crf0", "train_segmentation", "eval_cams"):
         assert (r / "base" / "benchmarks" / f"{rule}.tsv").is_file()

@@ -833,8 +833,9 @@ def report_args(variant, input):
         f"--gallery {config['report']['gallery']}",
     ]
     if "pred" in input.keys():
+        val = split_path("val")
+        args += [f"--pred {input.pred}"] + ([f"--val-split {shlex.quote(val)}"] if val else [])
         args += [
-            f"--pred {input.pred}",
             f"--train-log {input.train_plot}",
             f"--seg-info {input.seg_info}",
         ]
