@@ -248,6 +248,7 @@ DOWNLOAD_FILES = {
     "sbd": [("dataset/cls", ".mat"), ("dataset", ".txt")],
     "aug_masks": [(".", ".png")],
     "coco14": [("train2014", ".jpg"), ("val2014", ".jpg"), ("annotations", ".json")],
+    "voc_test": [("JPEGImages", ".jpg"), ("ImageSets/Segmentation", ".txt")],
 }
 COCO_ANNOTATIONS = ("instances_train2014.json", "instances_val2014.json")
 

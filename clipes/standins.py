@@ -9,6 +9,8 @@ their archives unpack, for trying the preparation and every later stage offline.
                         cls/<id>.mat (struct GTcls: Segmentation, Boundaries,
                         CategoriesPresent), inst/, img/<id>.jpg, train.txt, val.txt
                       DATA/SegmentationClassAug/<id>.png  (SegmentationClassAug.zip), optional
+    write_voc_test(DATA)  DATA/VOC2012test/VOCdevkit/VOC2012/  (VOC2012test.tar)
+                        JPEGImages/<id>.jpg, ImageSets/Segmentation/test.txt
     write_coco(DATA)  DATA/COCO2014/train2014/COCO_train2014_<12 digits>.jpg, val2014/...,
                         annotations/instances_{train,val}2014.json (polygons, compressed and
                         uncompressed RLE, crowd flags, an image without annotations)
@@ -176,6 +178,23 @@ def write_voc(data: Path, n: int = 30, seed: int = 0, size=(160, 120),
         for iid in sorted(sbd_ids | voc_gt_ids):
             io.save_mask(aug / f"{iid}.png", voc_masks.get(iid, sbd_masks.get(iid)), palette=False)
     return {"ids": ids, "splits": plan, "sbd_masks": sbd_masks, "voc_masks": voc_masks}
+
+
+def write_voc_test(data: Path, n: int = 6, seed: int = 1, size=(160, 120)) -> list[str]:
+    """VOC2012test.tar's tree under ``data``/VOC2012test: VOCdevkit/VOC2012/JPEGImages and
+    ImageSets/Segmentation/test.txt (the test images have no masks). Returns the ids."""
+    voc = Path(data) / "VOC2012test" / "VOCdevkit" / "VOC2012"
+    rng = np.random.default_rng(seed)
+    ids = [f"2008_{900000 + i:06d}" for i in range(n)]
+    for k, iid in enumerate(ids):
+        w, h = size if k % 3 else size[::-1]
+        img = Image.fromarray(_background(rng, h, w))
+        draw = ImageDraw.Draw(img)
+        cls = int(rng.integers(0, len(VOC12_CLASSES)))
+        draw.polygon(_polygon(rng, _random_box(rng, h, w)), fill=_colour(cls))
+        _jpeg(voc / "JPEGImages" / f"{iid}.jpg", np.asarray(img))
+    _lines(voc / "ImageSets" / "Segmentation" / "test.txt", ids)
+    return ids
 
 
 def _lines(path: Path, ids) -> None:

@@ -5,6 +5,8 @@
                                   SegmentationClass, ImageSets)
     OUT/benchmark_RELEASE/        SBD (dataset/cls/*.mat, dataset/{train,val}.txt)
     OUT/SegmentationClassAug/     the SegmentationClassAug zip
+    OUT/VOC2012test/VOCdevkit/VOC2012/  the VOC2012 test tar (JPEGImages,
+                                  ImageSets/Segmentation/test.txt)
     OUT/COCO2014/                 train2014/, val2014/, annotations/instances_*2014.json
 
 With config/standins/voc12.yaml or coco14.yaml they run the real-data path offline:
@@ -35,8 +37,10 @@ def parse_args(argv=None):
 def main(argv=None):
     a = parse_args(argv)
     v = standins.write_voc(a.out, n=a.voc_images, seed=a.seed)
+    t = standins.write_voc_test(a.out, seed=a.seed + 1)
     c = standins.write_coco(a.out, *a.coco_images, seed=a.seed)
-    print(f"{a.out}: VOC {len(v['ids'])} images, COCO {len(c['images'])} images", file=sys.stderr)
+    print(f"{a.out}: VOC {len(v['ids'])} images, VOC test {len(t)}, COCO {len(c['images'])} "
+          f"images", file=sys.stderr)
 
 
 if __name__ == "__main__":

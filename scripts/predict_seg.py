@@ -30,12 +30,24 @@ def parse_args(argv=None):
     p.add_argument("--no-flip", action="store_true", help="mean-softmax-flip: no horizontal flips")
     p.add_argument("--crf", action="store_true", help="dense CRF on the predicted probabilities")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--images-only", action="store_true",
+                   help="voc12: predict every id of --split from ROOT/JPEGImages without "
+                        "labels or masks (the VOC test images)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    ds = cli.dataset_from_args(args)
+    if args.images_only:
+        from clipes import voctest
+
+        if args.dataset != "voc12" or args.split is None:
+            raise datasets.DatasetError("--images-only reads the VOC test images: give "
+                                        "--dataset voc12 and --split test.txt")
+        ds = argparse.Namespace(samples=voctest.test_samples(args.root, args.split),
+                                n_classes=voctest.N_CLASSES)
+    else:
+        ds = cli.dataset_from_args(args)
     device = cli.resolve_device(args.device)
     model = segmentation.load_trained(args.model, device)
     if model.n_classes != ds.n_classes:

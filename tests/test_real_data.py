@@ -128,6 +128,15 @@ def test_readme_run_on_the_standins(project, golden, kind):
     for ev in ("cams", "cams_plain", "pseudo_masks", "crf_labels", "segmentation_val"):
         assert (base / "eval" / f"{ev}.json").is_file(), ev
     assert (base / "segmentation" / "model.pt").is_file()
+    if kind == "voc12":  # the stand-in of VOC2012test.tar: packed for the evaluation server
+        import tarfile
+
+        test_ids = (project / cfg["dataset"]["test_root"] / "ImageSets" / "Segmentation" /
+                    "test.txt").read_text().split()
+        with tarfile.open(base / "voc_test" / "comp6_test_cls.tar.gz") as tar:
+            names = {m.name for m in tar.getmembers() if m.isfile()}
+        assert names == {f"results/VOC2012/Segmentation/comp6_test_cls/{i}.png" for i in test_ids}
+        assert not (results / "reference" / "voc_test").exists()  # no model there
     assert not (base / "clip").exists() and not (base / "prompts").exists()
     assert not (project / "results" / "demo").exists()
     assert (results / "benchmarks" / f"convert_{kind}.tsv").is_file()

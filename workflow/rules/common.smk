@@ -203,6 +203,19 @@ def check_dataset_root():
         raise WorkflowError(
             "dataset.labels is not set: custom datasets need a CSV of image labels"
         )
+    if ds["test_root"]:
+        if kind != "voc12":
+            raise WorkflowError(
+                f"dataset.test_root is for VOC12's evaluation server (VOC2012test.tar); "
+                f"a {kind} dataset has none: remove it"
+            )
+        split = Path(ds["test_root"]) / ds["test_split"]
+        if not split.is_file():
+            raise WorkflowError(
+                f"dataset.test_root: {split} does not exist: unpack VOC2012test.tar and "
+                f"set dataset.test_root to its VOCdevkit/VOC2012 folder (README: "
+                f"'Reproducing VOC12')"
+            )
     if kind == "voc12" and dataset_layout() == "official":
         found = [ds[k] for k in ("aug_masks", "sbd") if ds[k] and Path(ds[k]).is_dir()]
         if not found:
@@ -512,6 +525,34 @@ def variant_outputs(variant):
     return {k: v for k, v in out.items() if v}
 
 
+def voc_test_targets():
+    """The evaluation server's tarball of every segmentation model, where VOC2012's test
+    images are configured (dataset.test_root)."""
+    if not config["dataset"]["test_root"]:
+        return []
+    return sorted(
+        {
+            f"{stage_dir(v, 'segmentation')}/voc_test/comp6_test_cls.tar.gz"
+            for v in VARIANTS
+            if vcfg(v)["segmentation"]["enabled"]
+        }
+    )
+
+
+def voc_test_split():
+    ds = config["dataset"]
+    return str(Path(ds["test_root"]) / ds["test_split"])
+
+
+def voc_test_digest():
+    """Content digest of the test images and the test split."""
+    value = data_manifest.downloads_digest(
+        {"voc_test": config["dataset"]["test_root"]}, HASHES
+    )
+    HASHES.save()
+    return value
+
+
 def all_targets():
     targets = []
     for v in VARIANTS:
@@ -520,7 +561,7 @@ def all_targets():
         f"reports/{DATASET}/comparison.html",
         f"reports/{DATASET}/comparison.md",
     ]
-    return targets
+    return targets + voc_test_targets()
 
 
 # The repository this file belongs to (not the outer workflow's folder when this workflow
@@ -539,6 +580,7 @@ STAGE_CODE = {
     "score_prompts": ["text", "model", "datasets", "cli", "cam", "gpuslots"],
     "cams": [
         "cam",
+        "camstore",
         "fastgrad",
         "affinity",
         "model",
@@ -548,8 +590,8 @@ STAGE_CODE = {
         "io",
         "gpuslots",
     ],
-    "evaluate": ["metrics", "crf", "datasets", "io", "cli"],
-    "crf": ["crf", "datasets", "io", "metrics", "cli"],
+    "evaluate": ["metrics", "camstore", "crf", "datasets", "io", "cli"],
+    "crf": ["crf", "camstore", "datasets", "io", "metrics", "cli"],
     "train_seg": [
         "segmentation",
         "deeplab",
@@ -567,8 +609,18 @@ STAGE_CODE = {
         "io",
         "cli",
         "gpuslots",
+        "voctest",
     ],
-    "report": ["report", "metrics", "datasets", "io", "cli", "segmentation"],
+    "voc_test_submission": ["voctest", "datasets", "manifest", "io", "cli"],
+    "report": [
+        "report",
+        "metrics",
+        "camstore",
+        "datasets",
+        "io",
+        "cli",
+        "segmentation",
+    ],
 }
 
 
@@ -834,7 +886,9 @@ def report_args(variant, input):
     ]
     if "pred" in input.keys():
         val = split_path("val")
-        args += [f"--pred {input.pred}"] + ([f"--val-split {shlex.quote(val)}"] if val else [])
+        args += [f"--pred {input.pred}"] + (
+            [f"--val-split {shlex.quote(val)}"] if val else []
+        )
         args += [
             f"--train-log {input.train_plot}",
             f"--seg-info {input.seg_info}",

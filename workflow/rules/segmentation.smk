@@ -102,3 +102,56 @@ rule eval_segmentation:
         data=dataset_args("val"),
     shell:
         "{params.script} {params.data} --masks {input.pred} --out {output} > {log} 2>&1"
+
+
+# VOC2012 test: predictions for the evaluation server (dataset.test_root set).
+rule predict_voc_test:
+    input:
+        code=code("predict_seg"),
+        model="results/{dataset}/{variant}/segmentation/model.pt",
+    output:
+        directory("results/{dataset}/{variant}/voc_test/pred"),
+    log:
+        log_path("predict_voc_test"),
+    benchmark:
+        bench_path("predict_voc_test")
+    conda:
+        "../envs/clipes.yaml"
+    threads: 2
+    resources:
+        gpu=lambda w: wants_gpu(seg_cfg(w.variant)["device"]),
+        mem_mb=res("predict_segmentation", "mem_mb"),
+        runtime=res("predict_segmentation", "runtime"),
+    params:
+        digest=lambda w: voc_test_digest(),
+        script=script("predict_seg"),
+        root=lambda w: shlex.quote(config["dataset"]["test_root"]),
+        split=lambda w: shlex.quote(voc_test_split()),
+        scales=lambda w: " ".join(map(str, seg_cfg(w.variant)["test_scales"])),
+        flip=lambda w: "" if seg_cfg(w.variant)["test_flip"] else "--no-flip",
+        crf=lambda w: "--crf" if seg_cfg(w.variant)["test_crf"] else "",
+        device=lambda w: seg_cfg(w.variant)["device"],
+        test=lambda w: test_protocol(w.variant),
+    shell:
+        "{params.script} --dataset voc12 --root {params.root} --split {params.split} "
+        "--images-only --model {input.model} --out {output} --test-protocol {params.test} "
+        "--scales {params.scales} {params.flip} {params.crf} --device {params.device} "
+        "> {log} 2>&1"
+
+
+rule voc_test_submission:
+    input:
+        code=code("voc_test_submission"),
+        pred="results/{dataset}/{variant}/voc_test/pred",
+    output:
+        "results/{dataset}/{variant}/voc_test/comp6_test_cls.tar.gz",
+    log:
+        log_path("voc_test_submission"),
+    conda:
+        "../envs/clipes.yaml"
+    params:
+        script=script("voc_test_submission"),
+        split=lambda w: shlex.quote(voc_test_split()),
+    shell:
+        "{params.script} --pred {input.pred} --split {params.split} --out {output} "
+        "> {log} 2>&1"
