@@ -23,9 +23,10 @@ COCO14 (:func:`convert_coco14`): ``train2014/``, ``val2014/`` and
     OUT/JPEGImages/{train2014,val2014}  links to the image folders
     OUT/convert.json
 
-Category ids map to the reference's 80-class order (ascending COCO id). Overlaps: every
-annotation of an image is painted in the order of the JSON (ascending annotation id), each
-over the ones before it, so where instances overlap the later annotation wins; crowd
+Category ids map to the reference's 80-class order (ascending COCO id). Overlaps: the
+annotations of an image are painted in ascending annotation id (not in the order of the
+JSON, which the official files do not keep sorted), each over the ones before it, so where
+instances overlap the annotation with the larger id wins; crowd
 regions (``iscrowd: 1``) are painted with their class (``crowd="class"``, the common WSSS
 conversion) or as 255 (``crowd="ignore"``). An image without any annotation gets no mask
 and no split line: it is listed in ``convert.json`` under ``no_annotation``.
@@ -361,7 +362,8 @@ def convert_coco14(root: Path, out: Path, crowd: str = "class", workers: int = 1
     _need_dir(root / "annotations", "COCO instances JSONs", COCO_ZIPS)
     _prepare_out(out, {"kind": "coco14", "crowd": crowd})
     summary: dict = {"kind": "coco14", "root": str(root), "crowd": crowd,
-                     "overlaps": "annotation order (later wins)", "splits": {}}
+                     "overlaps": "painted in ascending annotation id (the larger id wins)",
+                     "splits": {}}
     masks = out / "SegmentationClass"
     masks.mkdir(exist_ok=True)
     for part in COCO_SPLITS:

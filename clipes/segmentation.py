@@ -447,6 +447,9 @@ def describe_init(cfg: TrainConfig, used: str) -> dict:
     return {"protocol": cfg.protocol, "init": used, "paper_init": paper}
 
 
+PROGRESS_EVERY_S = 60  # a progress line at least this often (and every 5% of the run)
+
+
 def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int | None = None):
     """Train and write OUT/model.pt, OUT/train_log.csv, OUT/checkpoint.pt (resume state).
 
@@ -497,7 +500,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
             for k in range(start + 1):  # the lr the schedule had reached
                 deeplab.poly_lr_step(opt, k, cfg.iterations, cfg.poly_power)
     rows = list(state.get("log_rows", [])) if state is not None else []
-    t0 = time.time()
+    t0 = last_line = time.time()
     done_here = 0
     batches = batch_stream(data, cfg, start)
     for it in range(start, cfg.iterations):
@@ -542,7 +545,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir, log=None, stop_after: int 
                      "seconds": time.time() - t0})
         done_here += 1
         n = it + 1
-        if n % max(1, cfg.iterations // 20) == 0 or n == cfg.iterations:
+        if (n % max(1, cfg.iterations // 20) == 0 or n == cfg.iterations
+                or time.time() - last_line > PROGRESS_EVERY_S):
+            last_line = time.time()
             rate = done_here / (time.time() - t0)
             eta = (cfg.iterations - n) / max(rate, 1e-9)
             log(f"[{'#' * (20 * n // cfg.iterations):<20}] {n}/{cfg.iterations} "

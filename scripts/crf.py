@@ -11,7 +11,9 @@ Example:
 """
 
 import argparse
+import contextlib
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -92,13 +94,19 @@ def main(argv=None):
     for folder in (args.out, args.labels_out, args.conf_out):  # a shard may hold no image
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            list(pool.map(one_image, samples, [args] * len(samples), [params] * len(samples),
-                          chunksize=4))
-    else:
-        for s in samples:
-            one_image(s, args, params)
+    t0, every = time.perf_counter(), max(1, len(samples) // 20)  # about 20 progress lines
+    with contextlib.ExitStack() as stack:
+        if args.jobs > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(args.jobs))
+            done = pool.map(one_image, samples, [args] * len(samples), [params] * len(samples),
+                            chunksize=4)
+        else:
+            done = (one_image(s, args, params) for s in samples)
+        for n, _ in enumerate(done, start=1):
+            if n % every == 0 or n == len(samples):
+                rate = n / (time.perf_counter() - t0)
+                print(f"crf {n}/{len(samples)}: {rate:.2f} images/s, eta "
+                      f"{(len(samples) - n) / rate:.0f} s", file=sys.stderr, flush=True)
     print(f"{len(samples)} pseudo masks in {args.out}", file=sys.stderr)
 
 

@@ -271,3 +271,25 @@ def test_mat_of_the_wrong_shape(downloads, tmp_path):
     p = run_script("convert_voc12", "--voc", data / "VOCdevkit/VOC2012", "--sbd",
                    data / "benchmark_RELEASE", "--out", tmp_path / "o3", check=False)
     one_line_error(p, f"{iid}.mat", "GTcls")
+
+
+def test_coco_overlaps_follow_annotation_ids_not_the_order_of_the_json(downloads, tmp_path):
+    """The official JSONs are not sorted by id: the masks do not depend on the file's order
+    (the larger annotation id wins where instances overlap, as the README states)."""
+    import shutil
+
+    data, _, _ = downloads
+    shuffled = tmp_path / "COCO2014"
+    shutil.copytree(data / "COCO2014", shuffled)
+    for part in ("train2014", "val2014"):
+        path = shuffled / "annotations" / f"instances_{part}.json"
+        inst = json.loads(path.read_text())
+        inst["annotations"] = inst["annotations"][::-1]
+        path.write_text(json.dumps(inst))
+    a = convert.convert_coco14(data / "COCO2014", tmp_path / "a", workers=1)
+    b = convert.convert_coco14(shuffled, tmp_path / "b", workers=1)
+    assert "larger id wins" in a["overlaps"]
+    pngs = sorted((tmp_path / "a" / "SegmentationClass").glob("*.png"))
+    assert pngs
+    for p in pngs:
+        assert p.read_bytes() == (tmp_path / "b" / "SegmentationClass" / p.name).read_bytes()

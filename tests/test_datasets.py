@@ -1,6 +1,7 @@
 """Dataset readers and bad input: clear errors naming the file, recorded skips."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -112,14 +113,18 @@ def test_custom_dataset_through_the_scripts(tmp_path, golden):
     (tmp_path / "labels.csv").write_text("image,labels\nim0.png,widget\nim1.png,sprocket;widget\nim2.png,\n")
     common = ["--dataset", "custom", "--root", tmp_path, "--classes", tmp_path / "classes.txt",
               "--labels", tmp_path / "labels.csv"]
-    run_script("cams", *common, "--checkpoint", golden / "clip_tiny.pt", "--out", tmp_path / "cams",
-               "--device", "cpu", "--mode", "batched", "--skips", tmp_path / "skips.json")
+    proc = run_script("cams", *common, "--checkpoint", golden / "clip_tiny.pt", "--out",
+                      tmp_path / "cams", "--device", "cpu", "--mode", "batched", "--skips",
+                      tmp_path / "skips.json")
+    # progress a person can follow in the log: count, rate and time left
+    assert re.search(r"^cams 2/2: [0-9.]+ images/s, eta \d+ s", proc.stderr, re.M), proc.stderr
     assert sorted(p.stem for p in (tmp_path / "cams").glob("*.npz")) == ["im0", "im1"]
     from clipes import camstore
 
     keys, cams = camstore.load_cams(tmp_path / "cams" / "im1.npz")
     assert list(keys) == [1, 0] and cams.shape == (2, 33, 47) and cams.dtype == np.float16
-    run_script("crf", *common, "--cams", tmp_path / "cams", "--out", tmp_path / "pm")
+    proc = run_script("crf", *common, "--cams", tmp_path / "cams", "--out", tmp_path / "pm")
+    assert re.findall(r"^crf (\d)/2: [0-9.]+ images/s, eta \d+ s", proc.stderr, re.M) == ["1", "2"]
     run_script("evaluate", *common, "--masks", tmp_path / "pm", "--out", tmp_path / "e.json")
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["class_names"] == ["background", "widget", "sprocket"] and 0 <= res["mIoU"] <= 1

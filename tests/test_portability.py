@@ -246,3 +246,29 @@ def test_every_option_has_help_and_examples_print_as_written(script):
     for line in doc.splitlines():
         if line.strip().startswith("python "):
             assert line.rstrip() in proc.stdout, (script.name, line)
+
+
+# ------------------------------------------------------------------------------ install
+@pytest.mark.slow
+def test_the_quick_start_install_resolves_in_a_fresh_virtual_environment(tmp_path):
+    """The README's quick start as written, from a fresh copy, up to the demo: a new venv,
+    the CPU build of torch first, then the project with constraints.txt (pip's resolver in
+    dry-run mode: a real install takes minutes; PyTorch's CPU index is replaced by PyPI,
+    which this machine reaches)."""
+    from workflow_helpers import copy_project, readme_commands
+
+    (cmd,) = readme_commands("Quick start")[:1]
+    install, _, rest = cmd.partition(" && ")
+    assert install == "bash scripts/install.sh" and rest.startswith(". .venv/bin/activate")
+    project = copy_project(tmp_path / "clipes")
+    env = dict(os.environ, CLIPES_INSTALL_DRY_RUN="1",
+               CLIPES_TORCH_CPU_INDEX="https://pypi.org/simple")
+    proc = subprocess.run(["bash", "-c", install + " cpu"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (project / ".venv" / "bin" / "python").is_file()
+    would = proc.stdout + proc.stderr
+    assert "Would install" in would and "torch-2.14.1" in would and "clipes-0.1.0" in would
+    bad = subprocess.run(["bash", "scripts/install.sh", "gpu"], cwd=project, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "usage: bash scripts/install.sh" in bad.stderr

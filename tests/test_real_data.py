@@ -164,3 +164,34 @@ def test_readme_run_on_the_standins(project, golden, kind):
                        if kind == "voc12" else changed.read_text() + "\n")
     planned = {r for r, _ in dry_run_jobs(project, cmd + weights)}
     assert f"convert_{kind}" in planned, planned
+
+
+def test_the_voc_layout_of_clip_es_readme_is_converted(project, golden, tmp_path):
+    """CLIP-ES's and deeplab-pytorch's READMEs put SegmentationClassAug/ inside
+    VOCdevkit/VOC2012/ without train_aug.txt (macOS ._ files included, as a zip made on a
+    Mac carries them): the workflow builds train_aug.txt from it and runs through."""
+    import shutil
+
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    shutil.copytree(project / "data" / "standins" / "VOCdevkit" / "VOC2012", voc, symlinks=True)
+    shutil.copytree(project / "data" / "standins" / "SegmentationClassAug", voc / "SegmentationClassAug")
+    (voc / "SegmentationClassAug" / "._2007_000001.png").write_bytes(b"resource fork")
+    assert not (voc / "ImageSets" / "Segmentation" / "train_aug.txt").exists()
+    over = tmp_path / "clip_es_layout.yaml"
+    over.write_text(yaml.safe_dump({
+        "dataset": {"name": "voc12_clipes_layout", "root": str(voc), "sbd": None, "aug_masks": None,
+                    "test_root": None},
+        "variants": {"base": {}, "reference": {"segmentation": {"enabled": False}},
+                     "no_crf": {"segmentation": {"enabled": False}}},
+        "model": {"checkpoint": str(golden / "clip_tiny.pt")}}))
+    cmd = (f"snakemake --cores all --configfile config/voc12.yaml config/standins/voc12.yaml {over}")
+    rules = {r for r, _ in dry_run_jobs(project, cmd)}
+    assert "convert_voc12" in rules
+    shell(project, cmd, timeout=1500)
+    results = project / "results" / "voc12_clipes_layout"
+    conv = json.loads((results / "data" / "converted" / "convert.json").read_text())
+    assert conv["mask_source"] == "SegmentationClassAug"
+    train_aug = (results / "data" / "converted" / "ImageSets" / "Segmentation" / "train_aug.txt")
+    ids = train_aug.read_text().split()
+    assert ids and not any(i.startswith(".") for i in ids)
+    assert (project / "reports" / "voc12_clipes_layout" / "base.html").is_file()

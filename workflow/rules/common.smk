@@ -184,8 +184,24 @@ def dataset_layout():
         return "converted"
     if ds["layout"] != "auto":
         return ds["layout"]
-    ready = (Path(ds["root"]) / CONVERTED_MARKER[ds["kind"]]).is_dir()
+    root = Path(ds["root"])
+    ready = (root / CONVERTED_MARKER[ds["kind"]]).is_dir()
+    if ready and ds["kind"] == "voc12" and ds["train_split"]:
+        # the layout of CLIP-ES's and deeplab-pytorch's READMEs: SegmentationClassAug/
+        # inside VOC2012/ but no train_aug.txt: converted from there like the downloads
+        split = Path(ds["train_split"])
+        ready = (split if split.is_absolute() else root / split).is_file()
     return "converted" if ready else "official"
+
+
+def aug_masks_dir():
+    """SegmentationClassAug masks for the VOC conversion: dataset.aug_masks, or the
+    folder inside dataset.root where CLIP-ES's layout keeps them."""
+    ds = config["dataset"]
+    if ds["aug_masks"] and Path(ds["aug_masks"]).is_dir():
+        return ds["aug_masks"]
+    inside = Path(ds["root"] or ".") / "SegmentationClassAug"
+    return str(inside) if inside.is_dir() else ds["aug_masks"]
 
 
 def check_dataset_root():
@@ -217,7 +233,7 @@ def check_dataset_root():
                 f"'Reproducing VOC12')"
             )
     if kind == "voc12" and dataset_layout() == "official":
-        found = [ds[k] for k in ("aug_masks", "sbd") if ds[k] and Path(ds[k]).is_dir()]
+        found = [p for p in (aug_masks_dir(), ds["sbd"]) if p and Path(p).is_dir()]
         if not found:
             raise WorkflowError(
                 f"dataset.root {ds['root']!r} has no SegmentationClassAug/, so it is read as "
@@ -373,7 +389,7 @@ def downloads_stamp():
     ds = config["dataset"]
     parts = {DATASET_KIND: ds["root"]}
     if DATASET_KIND == "voc12":
-        parts.update(sbd=ds.get("sbd"), aug_masks=ds.get("aug_masks"))
+        parts.update(sbd=ds.get("sbd"), aug_masks=aug_masks_dir())
     value = data_manifest.downloads_digest(parts, HASHES)
     HASHES.save()
     return value
@@ -689,9 +705,10 @@ def prepare_args():
 def voc_convert_args():
     ds = config["dataset"]
     args = [f"--voc {shlex.quote(ds['root'])}"]
-    for key in ("sbd", "aug_masks"):
-        if ds[key]:
-            args.append(f"--{key.replace('_', '-')} {shlex.quote(ds[key])}")
+    if ds["sbd"]:
+        args.append(f"--sbd {shlex.quote(ds['sbd'])}")
+    if aug_masks_dir():
+        args.append(f"--aug-masks {shlex.quote(aug_masks_dir())}")
     return " ".join(args)
 
 
