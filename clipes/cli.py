@@ -36,6 +36,9 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
                    help="custom: class list (YAML list of names or {name, synonyms}, or a text "
                         "file 'name: synonym, synonym' per line), or the list itself as JSON")
     g.add_argument("--labels", type=Path, help="custom: CSV with columns image,labels (';'-separated)")
+    g.add_argument("--tags", type=Path,
+                   help="predicted labels (the label file of scripts/tag_images.py) in place of "
+                        "the dataset's own; a custom dataset then needs no --labels")
     g.add_argument("--background",
                    help="custom: background words, one per line, or a JSON list (default: the "
                         "VOC12 set)")
@@ -117,12 +120,24 @@ def read_class_list(path: Path) -> list:
     return out
 
 
-def dataset_from_args(args, need_gt: bool = False) -> datasets.Dataset:
+def dataset_from_args(args, need_gt: bool = False, labels_optional: bool = False) -> datasets.Dataset:
+    """The dataset the arguments name; with --tags, its labels are the predicted ones.
+    labels_optional: a custom dataset may come without a label table (every image of its
+    folder, unlabelled: what the tagging stage reads)."""
+    tags = getattr(args, "tags", None)
+    ds = _dataset(args, need_gt, labels_optional or tags is not None)
+    if tags is not None:
+        ds = datasets.with_tags(ds, datasets.read_tags(tags), tags)
+    return ds
+
+
+def _dataset(args, need_gt: bool, labels_optional: bool) -> datasets.Dataset:
     reference = not args.no_reference_quirks
     datasets.set_exif_policy(getattr(args, "exif", "ignore"))
     if args.dataset in ("custom", "synthetic"):
-        if args.classes is None or args.labels is None:
-            raise datasets.DatasetError("--dataset custom needs --classes and --labels")
+        if args.classes is None or (args.labels is None and not labels_optional):
+            raise datasets.DatasetError("--dataset custom needs --classes and --labels (or "
+                                        "--tags: predicted labels)")
         bg = None
         if args.background is not None:
             bg = json_or_file(args.background, "--background")
@@ -132,8 +147,11 @@ def dataset_from_args(args, need_gt: bool = False) -> datasets.Dataset:
         classes = json_or_file(args.classes, "--classes")
         if isinstance(classes, Path):
             classes = read_class_list(classes)
-        ds = datasets.load_custom(args.root, classes, args.labels,
-                                  split=args.split, background=bg)
+        if args.labels is None:
+            ds = datasets.load_images(args.root, classes, split=args.split, background=bg)
+        else:
+            ds = datasets.load_custom(args.root, classes, args.labels,
+                                      split=args.split, background=bg)
         ds.name = args.dataset
         return ds
     if args.split is None:

@@ -323,6 +323,80 @@ def load_custom(root, classes: list, labels_csv, split=None, images_dir="images"
     return Dataset("custom", root, specs, bg, samples, skipped, removed)
 
 
+def load_images(root, classes: list, split=None, images_dir="images", masks_dir="masks",
+                background: list[str] | None = None) -> Dataset:
+    """A dataset of your own without a label table: every image of ROOT/images (or the ids
+    of ``split``), without labels (keys empty): the label-free mode tags them
+    (:func:`with_tags`)."""
+    root = Path(root)
+    folder = root / images_dir
+    _require_dir(folder, "images", "Put your images there, one file per image.")
+    specs = text.class_specs_from_config(classes)
+    files = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS:
+            if p.stem in files:
+                raise DatasetError(f"{folder}: {files[p.stem].name} and {p.name} have the same id "
+                                   f"{p.stem!r}; rename one")
+            files[p.stem] = p
+    if split:
+        rows = read_split_lines(split)
+        for line, row in rows:
+            if row[0] not in files:
+                raise DatasetError(_unknown_id(split, line, row[0], folder / f"{row[0]}.*"))
+        ids = [row[0] for _, row in rows]
+    else:
+        ids = list(files)
+    if not ids:
+        raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTS)})")
+    samples = []
+    for r, iid in enumerate(ids):
+        gt = root / masks_dir / f"{iid}.png" if masks_dir else None
+        samples.append(Sample(iid, files[iid], (), image_size_hw(files[iid]),
+                              gt if gt is not None and gt.is_file() else None, r))
+    bg = tuple(background) if background is not None else text.VOC12_BACKGROUND
+    bg, removed = text.split_background(specs, bg)
+    return Dataset("custom", root, specs, bg, samples, [], removed)
+
+
+def write_tags(path, ids: list[str], tags: list[list[int]]) -> None:
+    """The authors' label file: '<id> <class index> ...' per line (0-based)."""
+    from .io import write_text
+
+    write_text(path, "".join(f"{i} {' '.join(map(str, t))}\n" for i, t in zip(ids, tags)))
+
+
+def read_tags(path) -> dict[str, list[int]]:
+    """id -> class indices of a label file in the authors' format."""
+    out = {}
+    for line, row in read_split_lines(path):
+        try:
+            out[row[0]] = [int(v) for v in row[1:]]
+        except ValueError:
+            raise DatasetError(f"{path}:{line}: class indices must be integers (the format is "
+                               f"'<id> <class index> ...')") from None
+    return out
+
+
+def with_tags(ds: Dataset, tags: dict[str, list[int]], path) -> Dataset:
+    """The dataset with the predicted tags (scripts/tag_images.py's label file) as the
+    images' labels. An image without a line in the tags file is an error."""
+    samples = []
+    n = len(ds.classes)
+    for s in ds.samples:
+        if s.id not in tags:
+            raise DatasetError(f"{path}: no tags for image {s.id!r}; rerun the tagging stage "
+                               f"(scripts/tag_images.py) on this split")
+        keys = tags[s.id]
+        bad = [k for k in keys if not 0 <= k < n]
+        if bad:
+            raise DatasetError(f"{path}: image {s.id!r} has class indices {bad} outside "
+                               f"0..{n - 1}; the tags belong to another class list")
+        samples.append(Sample(s.id, s.image, tuple(dict.fromkeys(keys)), s.orig_hw, s.gt, s.row))
+    return Dataset(ds.name, ds.root, ds.classes, ds.background, samples, ds.skipped,
+                   ds.background_removed)
+
+
 def _unknown_id(split, line: int, iid: str, img: Path) -> str:
     return (f"{split}:{line}: id {iid!r} has no image {img} (a typo in the split file, or "
             f"the image is missing); fix the id or remove its line")

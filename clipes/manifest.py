@@ -124,7 +124,22 @@ def _coco_entries(root: Path, split: Path) -> list[Entry]:
             for i, r in enumerate(read_split(split))]
 
 
-def _custom_entries(root: Path, labels_csv: Path, split: Path | None) -> list[Entry]:
+def _image_entries(root: Path, split: Path | None) -> list[Entry]:
+    """A custom dataset without a label table: its images (those of the split)."""
+    folder = root / "images"
+    try:
+        files = {p.stem: p for p in sorted(folder.iterdir())
+                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS}
+    except OSError:
+        files = {}
+    ids = [r[0] for r in read_split(split)] if split else list(files)
+    return [Entry(i, n, files.get(i), None, "", root / "masks" / f"{i}.png")
+            for n, i in enumerate(ids)]
+
+
+def _custom_entries(root: Path, labels_csv: Path | None, split: Path | None) -> list[Entry]:
+    if labels_csv is None:
+        return _image_entries(root, split)
     keep = {r[0] for r in read_split(split)} if split else None
     out = []
     with Path(labels_csv).open(newline="", encoding="utf-8-sig", errors="replace") as fh:
@@ -159,7 +174,8 @@ def entries(kind: str, root, split=None, labels=None) -> list[Entry]:
     if kind == "coco14":
         return _coco_entries(root, Path(split))
     if kind in ("custom", "synthetic"):
-        return _custom_entries(root, Path(labels), Path(split) if split else None)
+        return _custom_entries(root, Path(labels) if labels else None,
+                               Path(split) if split else None)
     raise DatasetError(f"unknown dataset kind {kind!r}")
 
 

@@ -44,6 +44,7 @@ PAPER = {
 STAGE_RULES = {
     "prepare": ["prepare_dataset"],
     "CLIP pre-training": ["train_clip"],
+    "tagging (label-free)": ["tag_images"],
     "prompt selection": ["score_prompts"],
     "CAMs + CAA": ["cams"],
     "CAM evaluation": ["eval_cams"],
@@ -54,6 +55,7 @@ STAGE_RULES = {
     "segmentation evaluation": ["eval_segmentation"],
 }
 IMAGES_OF_STAGE = {"CAMs + CAA": "train", "CRF + confidence": "train",
+                   "tagging (label-free)": "train",
                    "segmentation inference": "val"}
 
 
@@ -245,6 +247,19 @@ def quality_table(evals: dict[str, dict | None]) -> list[dict]:
                                f"a ground-truth mask left out").lstrip("; ")
         rows.append(row)
     return rows
+
+
+def labels_section(config: dict, tags: dict | None, class_names: list[str]) -> dict:
+    """Where the image-level labels came from and, for TagCLIP's tags, how good they are."""
+    source = config.get("labels", {}).get("source", "given")
+    out = {"source": source, "metrics": None, "per_class": []}
+    if source == "predicted" and tags:
+        names = tags.get("class_names") or class_names[1:]
+        out["metrics"] = {k: tags.get(k) for k in ("mAP", "F1", "P", "R", "n_differ", "n_scored",
+                                                    "n_images", "seconds_per_image", "note")}
+        out["per_class"] = [{"class": n, "AP": 100 * ap}
+                            for n, ap in zip(names, tags.get("ap_per_class") or [])]
+    return out
 
 
 def paper_table(kind: str, quality: list[dict]) -> list[dict]:
@@ -580,6 +595,7 @@ def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = 
         "prov": provenance(inp.config), "timing": timing.to_dict("records"),
         "total_wall": float(timing["wall_s"].sum()) if not timing.empty else None,
         "quality": quality, "paper": paper_table(kind, quality),
+        "labels": labels_section(inp.config, inp.evals.get("tags"), class_names),
         "per_class": None if per_class is None else per_class.to_dict("records"),
         "per_class_tables": per_class_tables(inp.evals, class_names),
         "per_class_source": "pseudo masks" if inp.evals.get("pseudo_masks") else best_key,
@@ -608,7 +624,8 @@ def _prompt_rows(path, top: int = 10) -> list[dict] | None:
 
 # timing stages of a run report -> the workflow stage that makes them (variants sharing
 # a workflow stage share its time)
-TIMING_OWNER = {"CLIP pre-training": "pretrain", "prompt selection": "prompts",
+TIMING_OWNER = {"CLIP pre-training": "pretrain", "tagging (label-free)": "tags",
+                "prompt selection": "prompts",
                 "CAMs + CAA": "cams", "CAM evaluation": "cams", "CRF + confidence": "crf",
                 "pseudo-mask evaluation": "crf", "segmentation training": "segmentation",
                 "segmentation inference": "segmentation",

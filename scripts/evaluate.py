@@ -43,7 +43,7 @@ def split_info(split, n_images: int, n_scored: int) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    ds = cli.dataset_from_args(args)  # masks are optional image by image
+    ds = cli.dataset_from_args(args, labels_optional=True)  # masks optional image by image
     scored = [s for s in ds.samples if s.gt is not None]
     what = args.cam_key if args.cams is not None else "masks"
     if not scored and ds.name in ("voc12", "coco14"):

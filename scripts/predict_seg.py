@@ -47,7 +47,7 @@ def main(argv=None):
         ds = argparse.Namespace(samples=voctest.test_samples(args.root, args.split),
                                 n_classes=voctest.N_CLASSES)
     else:
-        ds = cli.dataset_from_args(args)
+        ds = cli.dataset_from_args(args, labels_optional=True)
     device = cli.resolve_device(args.device)
     model = segmentation.load_trained(args.model, device)
     if model.n_classes != ds.n_classes:

@@ -106,7 +106,7 @@ def main(argv=None):
         if split is None and not (name == "train" and args.kind == "custom"):
             continue  # custom train without a split file: every row of the label table
         ns.split = split
-        ds = cli.dataset_from_args(ns)
+        ds = cli.dataset_from_args(ns, labels_optional=True)  # label-free: images only
         check_images(ds, name, args)
         manifest["class_names"] = ds.class_names
         if ds.background_removed and "background_removed" not in manifest:

@@ -71,7 +71,8 @@ def run(args):
         if args.pseudo and args.cams else []
     val_gallery = []
     if args.pred and args.val_split:
-        val = cli.dataset_from_args(argparse.Namespace(**{**vars(args), "split": args.val_split}))
+        val = cli.dataset_from_args(argparse.Namespace(**{**vars(args), "split": args.val_split,
+                                                          "tags": None}), labels_optional=True)
         val_gallery = report.val_gallery_items(val.samples, args.pred, args.gallery)
     inp = report.RunInputs(args.variant, json.loads(args.dataset_json.read_text()), cfg, evals,
                            args.bench_dirs, args.train_log, args.prompts,

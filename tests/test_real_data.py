@@ -81,9 +81,10 @@ def test_readme_dry_run_plans_exactly_the_named_config(project, kind):
         assert "train_clip" not in rules and "score_prompts" not in rules  # demo-only stages
         assert f"convert_{kind}" in rules  # from the official layout
         n = {r: sum(1 for rr, _ in jobs if rr == r) for r in rules}
-        cam_owners = owners(cfg, ("dataset", "model", "text", "cam"))
-        crf_owners = owners(cfg, ("dataset", "model", "text", "cam", "crf"))
-        seg = {v for v in owners(cfg, ("dataset", "model", "text", "cam", "crf", "segmentation"))
+        cam_owners = owners(cfg, ("dataset", "model", "labels", "text", "cam"))
+        crf_owners = owners(cfg, ("dataset", "model", "labels", "text", "cam", "crf"))
+        seg = {v for v in owners(cfg, ("dataset", "model", "labels", "text", "cam", "crf",
+                                       "segmentation"))
                if deep_merge(cfg, cfg["variants"][v]).get("segmentation", {}).get("enabled", True)}
         assert n["cams"] == cfg["cam"]["shards"] * len(cam_owners), n
         assert n["crf"] == cfg["crf"]["shards"] * len(crf_owners), n
@@ -128,6 +129,16 @@ def test_readme_run_on_the_standins(project, golden, kind):
     for ev in ("cams", "cams_plain", "pseudo_masks", "crf_labels", "segmentation_val"):
         assert (base / "eval" / f"{ev}.json").is_file(), ev
     assert (base / "segmentation" / "model.pt").is_file()
+    # label-free: TagCLIP's tags, scored against the real labels, replace them downstream
+    pred = results / "predicted_labels"
+    tag_lines = (pred / "tags" / "tags.txt").read_text().splitlines()
+    assert len(tag_lines) == n_train and all(len(ln.split()) >= 2 for ln in tag_lines)
+    tags = json.loads((pred / "eval" / "tags.json").read_text())
+    assert tags["n_scored"] == n_train and 0 <= tags["mAP"] <= 1 and 0 <= tags["F1"] <= 1
+    html = (reports / "predicted_labels.html").read_text()
+    assert "Label-free run" in html and "Tags (TagCLIP, label-free mode)" in html
+    assert "Label-free run" not in (reports / "base.html").read_text()
+    assert "labels.source=predicted" in (reports / "comparison.md").read_text()
     if kind == "voc12":  # the stand-in of VOC2012test.tar: packed for the evaluation server
         import tarfile
 

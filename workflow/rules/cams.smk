@@ -4,6 +4,7 @@
 rule cams:
     input:
         code=code("cams"),
+        tags=lambda w: tags_input(w.variant),
         dataset=dataset_json(),
         model=lambda w: model_input(w.variant),
         prompts=lambda w: prompt_table(w.variant),
@@ -25,7 +26,7 @@ rule cams:
             "train", shard=(int(w.shard), vcfg(w.variant)["cam"]["shards"])
         ),
         script=script("cams"),
-        data=dataset_args("train"),
+        data=lambda w: dataset_args("train", w.variant),
         model=lambda w: model_args(w.variant),
         method=lambda w: cam_args(w.variant),
         n=lambda w: vcfg(w.variant)["cam"]["shards"],
@@ -38,6 +39,7 @@ rule cams:
 rule eval_cams:
     input:
         code=code("evaluate"),
+        tags=lambda w: tags_input(w.variant),
         dataset=dataset_json(),
         cams=lambda w: cam_shards(w.variant),
     output:
@@ -67,7 +69,7 @@ rule eval_cams:
     params:
         digest=lambda w: data_digest("train", gt=True),
         script=script("evaluate"),
-        data=dataset_args("train"),
+        data=lambda w: dataset_args("train", w.variant),
         powers=lambda w: " ".join(map(str, vcfg(w.variant)["cam"]["bg_powers"])),
     shell:
         "({params.script} {params.data} --cams {input.cams} --powers {params.powers} "

@@ -24,10 +24,19 @@ SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 # outputs with the first variant whose sections agree: that variant "owns" the stage.
 STAGE_SECTIONS = {
     "pretrain": ("dataset", "model"),
-    "prompts": ("dataset", "model", "text"),
-    "cams": ("dataset", "model", "text", "cam"),
-    "crf": ("dataset", "model", "text", "cam", "crf"),
-    "segmentation": ("dataset", "model", "text", "cam", "crf", "segmentation"),
+    "tags": ("dataset", "model", "labels"),
+    "prompts": ("dataset", "model", "labels", "text"),
+    "cams": ("dataset", "model", "labels", "text", "cam"),
+    "crf": ("dataset", "model", "labels", "text", "cam", "crf"),
+    "segmentation": (
+        "dataset",
+        "model",
+        "labels",
+        "text",
+        "cam",
+        "crf",
+        "segmentation",
+    ),
 }
 
 
@@ -41,6 +50,10 @@ STAGE_SECTIONS = {
 # CPU core pair and 0.02 s on an H200 (fp32), peaking at 1.7 GB on the CPU; ResNet-101
 # training peaks at 9.9 GB on a CPU (batch 10, crop 321), 4.3 GB of GPU memory with AMP.
 RESOURCES = {
+    "tag_images": {
+        "mem_mb": 8000,
+        "runtime": 240,
+    },  # as the CAM stage: one ViT-B/16 pass + crops
     "convert_voc12": {
         "mem_mb": 2000,
         "runtime": 30,
@@ -148,6 +161,11 @@ def vcfg(variant):
     return VARIANTS[variant]
 
 
+def predicted(variant):
+    """Whether the variant runs on TagCLIP's tags instead of the dataset's labels."""
+    return vcfg(variant)["labels"]["source"] == "predicted"
+
+
 def result_config(variant):
     """The config a variant's results depend on: without cluster requests or variants."""
     return {
@@ -215,9 +233,12 @@ def check_dataset_root():
         raise WorkflowError(
             f"dataset.root {ds['root']!r} does not exist: {HINTS[kind]}"
         )
-    if kind == "custom" and not ds["labels"]:
+    given = [v for v in VARIANTS if not predicted(v)]
+    if kind == "custom" and not ds["labels"] and given:
         raise WorkflowError(
-            "dataset.labels is not set: custom datasets need a CSV of image labels"
+            f"dataset.labels is not set: a custom dataset needs a CSV of image labels, or "
+            f"labels.source: predicted (TagCLIP's tags) in every variant ({given[0]!r} has "
+            f"'given')"
         )
     if ds["test_root"]:
         if kind != "voc12":
@@ -422,8 +443,25 @@ def split_path(which):
     return str(Path(dataset_root()) / name)
 
 
-def dataset_args(which="train"):
-    """Command-line arguments the stage scripts take for the configured dataset."""
+def tags_file(variant):
+    """The tagging stage's label file (label-free mode), or None."""
+    if variant is None or not predicted(variant):
+        return None
+    return f"{stage_dir(variant, 'tags')}/tags/tags.txt"
+
+
+def tags_input(variant):
+    return [tags_file(variant)] if tags_file(variant) else []
+
+
+def dataset_args(which="train", variant=None):
+    """Command-line arguments the stage scripts take for the configured dataset; for a
+    variant on predicted labels, the tags file replaces the dataset's own labels."""
+    tags = tags_file(variant) if which == "train" else None
+    return _dataset_args(which) + (f" --tags {shlex.quote(tags)}" if tags else "")
+
+
+def _dataset_args(which="train"):
     ds = config["dataset"]
     kind = ds["kind"]
     q = shlex.quote  # paths may hold spaces
@@ -439,7 +477,11 @@ def dataset_args(which="train"):
             f"--background {q(str(Path(root, 'background.txt')))}",
         ]
     elif kind == "custom":
-        args += [custom_list_arg("classes"), f"--labels {q(ds['labels'])}"]
+        args.append(custom_list_arg("classes"))
+        if ds[
+            "labels"
+        ]:  # none: every image of the folder, tagged (labels.source: predicted)
+            args.append(f"--labels {q(ds['labels'])}")
         if ds["background"] is not None:
             args.append(custom_list_arg("background"))
     if not ds["reference_quirks"]:
@@ -617,6 +659,16 @@ STAGE_CODE = {
         "cli",
         "gpuslots",
     ],
+    "tag_images": [
+        "tagclip",
+        "model",
+        "text",
+        "cam",
+        "datasets",
+        "io",
+        "cli",
+        "gpuslots",
+    ],
     "predict_seg": [
         "segmentation",
         "deeplab",
@@ -694,7 +746,8 @@ def prepare_args():
             if value is not None:
                 value = value if isinstance(value, str) else json.dumps(value)
                 args.append(f"--{key} {shlex.quote(value)}")
-        args.append(f"--labels {shlex.quote(ds['labels'])}")
+        if ds["labels"]:
+            args.append(f"--labels {shlex.quote(ds['labels'])}")
     if not ds["reference_quirks"]:
         args.append("--no-reference-quirks")
     if ds["exif"] != "ignore":
@@ -845,6 +898,8 @@ def report_inputs(variant):
     ins = dict(files)
     ins["cams"] = cam_shards(variant)
     ins["pseudo"] = crf_shards(variant)
+    if predicted(variant):
+        ins["eval_tags"] = f"{stage_dir(variant, 'tags')}/eval/tags.json"
     if "eval_seg" in files:
         ins["pred"] = f"{stage_dir(variant, 'segmentation')}/segmentation/pred_val"
         seg = f"{stage_dir(variant, 'segmentation')}/segmentation"
@@ -876,11 +931,14 @@ def report_args(variant, input):
         evals.append(f"crf_labels={input.eval_crf_labels}")
     if "eval_seg" in input.keys():
         evals.append(f"segmentation={input.eval_seg}")
+    if "eval_tags" in input.keys():
+        evals.append(f"tags={input.eval_tags}")
     # each stage's benchmarks come from the variant that owns the stage, and only that
     # stage's rules: an owner's folder also holds its other stages' files
     c = vcfg(variant)
     stage_rules = {
         "pretrain": "train_clip" if c["model"]["pretrain"]["enabled"] else None,
+        "tags": "tag_images" if predicted(variant) else None,
         "prompts": "score_prompts" if c["text"]["select_prompt"]["enabled"] else None,
         "cams": "cams,eval_cams",
         "crf": "crf,eval_pseudo_masks,eval_crf_labels",

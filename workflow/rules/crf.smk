@@ -4,6 +4,7 @@
 rule crf:
     input:
         code=code("crf"),
+        tags=lambda w: tags_input(w.variant),
         dataset=dataset_json(),
         cams=lambda w: cam_shards(w.variant),
     output:
@@ -25,7 +26,7 @@ rule crf:
             "train", shard=(int(w.shard), vcfg(w.variant)["crf"]["shards"])
         ),
         script=script("crf"),
-        data=dataset_args("train"),
+        data=lambda w: dataset_args("train", w.variant),
         method=lambda w: crf_args(w.variant),
         n=lambda w: vcfg(w.variant)["crf"]["shards"],
     shell:
@@ -37,6 +38,7 @@ rule crf:
 rule eval_pseudo_masks:
     input:
         code=code("evaluate"),
+        tags=lambda w: tags_input(w.variant),
         dataset=dataset_json(),
         masks=lambda w: crf_shards(w.variant),
     output:
@@ -59,7 +61,7 @@ rule eval_pseudo_masks:
     params:
         digest=lambda w: data_digest("train", gt=True),
         script=script("evaluate"),
-        data=dataset_args("train"),
+        data=lambda w: dataset_args("train", w.variant),
     shell:
         "{params.script} {params.data} --masks {input.masks} --out {output} > {log} 2>&1"
 
@@ -67,6 +69,7 @@ rule eval_pseudo_masks:
 rule eval_crf_labels:
     input:
         code=code("evaluate"),
+        tags=lambda w: tags_input(w.variant),
         dataset=dataset_json(),
         labels=lambda w: crf_shards(w.variant, "crf_labels"),
     output:
@@ -89,6 +92,6 @@ rule eval_crf_labels:
     params:
         digest=lambda w: data_digest("train", gt=True),
         script=script("evaluate"),
-        data=dataset_args("train"),
+        data=lambda w: dataset_args("train", w.variant),
     shell:
         "{params.script} {params.data} --masks {input.labels} --out {output} > {log} 2>&1"

@@ -4,6 +4,7 @@
 rule score_prompts:
     input:
         code=code("score_prompts"),
+        tags=lambda w: tags_input(w.variant),
         dataset=dataset_json(),
         model=lambda w: model_input(w.variant),
     output:
@@ -21,7 +22,7 @@ rule score_prompts:
     params:
         digest=lambda w: data_digest("train"),
         script=script("score_prompts"),
-        data=dataset_args("train"),
+        data=lambda w: dataset_args("train", w.variant),
         model=lambda w: model_args(w.variant),
         candidates=lambda w: candidate_args(w.variant),
         fusion=lambda w: vcfg(w.variant)["text"]["synonym_fusion"],

@@ -19,6 +19,7 @@ rule report:
     input:
         unpack(lambda w: report_inputs(w.variant)),
         code=code("report"),
+        tags=lambda w: tags_input(w.variant),
         config="results/{dataset}/{variant}/config.yaml",
     output:
         html=report(
@@ -38,7 +39,7 @@ rule report:
         runtime=res("report", "runtime"),
     params:
         script=script("report"),
-        data=dataset_args("train"),
+        data=lambda w: dataset_args("train", w.variant),
         args=lambda w, input: report_args(w.variant, input),
     shell:
         "{params.script} run {params.data} --variant {wildcards.variant} "

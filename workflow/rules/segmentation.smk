@@ -4,6 +4,7 @@
 rule train_segmentation:
     input:
         code=code("train_seg"),
+        tags=lambda w: tags_input(w.variant),
         dataset=dataset_json(),
         masks=lambda w: seg_label_dirs(w.variant),
         conf=lambda w: seg_conf_dirs(w.variant),
@@ -32,7 +33,7 @@ rule train_segmentation:
     params:
         digest=lambda w: data_digest("train"),
         script=script("train_seg"),
-        data=dataset_args("train"),
+        data=lambda w: dataset_args("train", w.variant),
         args=lambda w: seg_train_args(w.variant),
         conf=lambda w, input: f"--conf {' '.join(input.conf)}" if input.conf else "",
         out=lambda w, output: str(Path(output.model).parent),
