@@ -50,9 +50,9 @@ STAGE_RULES = {
     "CAM evaluation": ["eval_cams"],
     "CRF + confidence": ["crf"],
     "pseudo-mask evaluation": ["eval_pseudo_masks", "eval_crf_labels"],
-    "segmentation training": ["train_segmentation"],
-    "segmentation inference": ["predict_segmentation"],
-    "segmentation evaluation": ["eval_segmentation"],
+    "segmentation training": ["train_segmentation", "train_segmentation_seed"],
+    "segmentation inference": ["predict_segmentation", "predict_segmentation_seed"],
+    "segmentation evaluation": ["eval_segmentation", "eval_segmentation_seed"],
 }
 IMAGES_OF_STAGE = {"CAMs + CAA": "train", "CRF + confidence": "train",
                    "tagging (label-free)": "train",
@@ -220,7 +220,24 @@ def split_label(split: dict | None) -> str:
     return f"{split['name']} ({count})" if split.get("name") else count
 
 
-def quality_table(evals: dict[str, dict | None]) -> list[dict]:
+def seed_summary(evals: dict, config: dict) -> dict | None:
+    """The val mIoU (%) of each seed the segmentation network was trained with (the
+    configured seed, and segmentation.extra_seeds), their mean and sample standard
+    deviation; None with one seed."""
+    per = {}
+    first = miou_of(evals.get("segmentation"))
+    if first is not None:
+        per[int(config.get("segmentation", {}).get("seed", 0))] = 100 * first
+    for key, ev in evals.items():
+        if key.startswith("segmentation_seed") and miou_of(ev) is not None:
+            per[int(key[len("segmentation_seed"):])] = 100 * miou_of(ev)
+    if len(per) < 2:
+        return None
+    v = np.array(list(per.values()))
+    return {"seeds": per, "mean": float(v.mean()), "std": float(v.std(ddof=1)), "n": len(v)}
+
+
+def quality_table(evals: dict[str, dict | None], config: dict | None = None) -> list[dict]:
     rows = []
     for label, key in QUALITY_STAGES:
         ev = evals.get(key)
@@ -245,6 +262,13 @@ def quality_table(evals: dict[str, dict | None]) -> list[dict]:
             if ev.get("n_without_gt"):
                 row["note"] = (row.get("note", "") + f"; {ev['n_without_gt']} images without "
                                f"a ground-truth mask left out").lstrip("; ")
+            seeds = seed_summary(evals, config or {}) if key == "segmentation" else None
+            if seeds:
+                row["seeds"] = seeds
+                each = ", ".join(f"seed {k}: {v:.2f}" for k, v in seeds["seeds"].items())
+                row["note"] = (f"mean ± std over {seeds['n']} seeds {seeds['mean']:.2f} ± "
+                               f"{seeds['std']:.2f} ({each}); the mIoU shown is seed "
+                               f"{next(iter(seeds['seeds']))}'s; " + row.get("note", "")).rstrip("; ")
         rows.append(row)
     return rows
 
@@ -576,7 +600,7 @@ def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = 
     n_images = {k: v.get("n_images", 0) for k, v in splits.items()}
     bench = read_benchmarks(inp.benchmark_dirs)
     timing = timing_table(bench, n_images)
-    quality = quality_table(inp.evals)
+    quality = quality_table(inp.evals, inp.config)
     for row in quality:
         if row["key"] == "segmentation" and row["available"]:
             note = segmentation_note(inp.config, inp.seg_info)
@@ -678,6 +702,9 @@ def comparison_frame(runs: dict[str, dict], base: str,
             else:
                 row[f"{stage} (s)"] = float(sel.iloc[0]) if len(sel) else None
         row["total (s)"] = total if not t.empty else None
+        seeds = seed_summary(r["evals"], r.get("config") or {})
+        row["seeds"] = (f"{seeds['mean']:.2f} ± {seeds['std']:.2f} (n={seeds['n']})"
+                        if seeds else None)
         rows.append(row)
     df = pd.DataFrame(rows)
     for label, _ in QUALITY_STAGES:
@@ -727,6 +754,42 @@ def paper_side_by_side(kind: str | None, runs: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def metrics_summary(runs: dict[str, dict]) -> dict:
+    """The numbers `dvc metrics diff` compares between commits: per variant, the mIoU (%)
+    after each stage, the seeds' mean and spread, and the tags' mAP and F1 (label-free)."""
+    out = {}
+    for v, r in runs.items():
+        row = {}
+        for label, key in QUALITY_STAGES:
+            m = miou_of(r["evals"].get(key))
+            if m is not None:
+                row[label] = round(100 * m, 4)
+        seeds = seed_summary(r["evals"], r.get("config") or {})
+        if seeds:
+            row["segmentation (val) mean over seeds"] = round(seeds["mean"], 4)
+            row["segmentation (val) std over seeds"] = round(seeds["std"], 4)
+        tags = r["evals"].get("tags") or {}
+        for k in ("mAP", "F1"):
+            if tags.get(k) is not None:
+                row[f"tags {k}"] = round(100 * tags[k], 4)
+        out[v] = row
+    return out
+
+
+def write_train_curves(logs: dict[str, Path], folder) -> list[Path]:
+    """Each variant's training loss (iteration, loss) as <variant>_train_loss.csv in
+    ``folder``: the curves `dvc plots diff` draws."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for v, path in logs.items():
+        t = pd.read_csv(path)[["iteration", "loss"]]
+        out = folder / f"{v}_train_loss.csv"
+        write_text(out, t.to_csv(index=False, lineterminator="\n"))
+        written.append(out)
+    return written
+
+
 def render_comparison(dataset_name: str, runs: dict[str, dict], base: str, html_path, md_path,
                       notes: dict[str, str] | None = None, owners: dict | None = None,
                       kind: str | None = None, class_names: list[str] | None = None
@@ -747,7 +810,8 @@ def render_comparison(dataset_name: str, runs: dict[str, dict], base: str, html_
            "shared": {v: "; ".join(n) for v, n in shared_note.items()},
            "time_cols": time_cols, "grand_total": grand, "figs": figs,
            "per_class": per_class_side_by_side(runs, class_names),
-           "paper": paper_side_by_side(kind, runs), "variants": list(runs)}
+           "paper": paper_side_by_side(kind, runs), "variants": list(runs),
+           "any_seeds": bool(df["seeds"].notna().any()) if "seeds" in df else False}
     write_text(html_path, _env().get_template("comparison.html.j2").render(**ctx))
     ctx_md = dict(ctx, figs=_write_figures(figs, Path(md_path)))
     write_text(md_path, _env(markdown=True).get_template("comparison.md.j2").render(**ctx_md))

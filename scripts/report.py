@@ -52,6 +52,12 @@ def parse_args(argv=None):
                                       "the config, owners: workflow stage -> the variant that "
                                       "ran it} (the workflow passes it)")
     c.add_argument("--title", default="dataset", help="dataset name shown in the title")
+    c.add_argument("--metrics", type=Path,
+                   help="JSON of every variant's headline numbers (dvc.yaml's metrics)")
+    c.add_argument("--curves", type=Path,
+                   help="folder for each variant's training loss CSV (dvc.yaml's plots)")
+    c.add_argument("--train-log", nargs="*", default=[], metavar="VARIANT=CSV",
+                   help="training logs of the variants that train a network (--curves)")
     c.add_argument("--html", required=True, type=Path, help="HTML report to write")
     c.add_argument("--md", required=True, type=Path, help="Markdown report to write")
     return p.parse_args(argv)
@@ -81,6 +87,8 @@ def run(args):
     if args.summary:
         io.write_json(args.summary, {"variant": args.variant, "evals": evals,
                                      "timing": ctx["timing"], "dataset": cfg["dataset"]["name"],
+                                     "config": {"segmentation": {
+                                         "seed": cfg.get("segmentation", {}).get("seed", 0)}},
                                      "kind": inp.dataset.get("kind"),
                                      "class_names": inp.dataset.get("class_names", [])})
 
@@ -91,7 +99,7 @@ def compare(args):
     runs, kind, class_names = {}, None, None
     for path in args.summary:
         s = json.loads(path.read_text())
-        runs[s["variant"]] = {"evals": s["evals"], "timing": pd.DataFrame(
+        runs[s["variant"]] = {"evals": s["evals"], "config": s.get("config", {}), "timing": pd.DataFrame(
             s["timing"], columns=["stage", "wall_s", "cpu_s", "peak_mem_mb", "jobs", "images_per_s"])}
         kind, class_names = s.get("kind", kind), s.get("class_names") or class_names
     info = json.loads(args.variants) if args.variants else {}
@@ -100,6 +108,11 @@ def compare(args):
     base = args.base or next(iter(runs))
     report.render_comparison(args.title, runs, base, args.html, args.md, notes, owners,
                              kind, class_names)
+    if args.metrics:
+        io.write_json(args.metrics, report.metrics_summary(runs))
+    if args.curves:
+        logs = dict(item.split("=", 1) for item in args.train_log)
+        report.write_train_curves({v: Path(p) for v, p in logs.items()}, args.curves)
 
 
 def main(argv=None):

@@ -4,6 +4,7 @@ the CAMs are left out by .dvcignore) and pushes them; a colleague clones, pulls,
 re-stamps, and has nothing left to compute, yet a config change still reruns its stage."""
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -72,9 +73,16 @@ def test_data_and_results_round_trip_through_a_dvc_remote(tmp_path):
     snakemake(producer, "--cores", "2")
     dvc(producer, "add", "data")
     dvc(producer, "add", "results/tiny", "reports/tiny")
-    git(producer, "add", "data.dvc", "results/tiny.dvc", "reports/tiny.dvc")
+    git(producer, "add", "data.dvc", "results/tiny.dvc", "reports/tiny.dvc", "reports/metrics",
+        "reports/plots")
     git(producer, "commit", "-q", "-m", "data and the tiny run")
     assert git(producer, "status", "--porcelain") == ""  # .gitignore already covers them
+    # dvc.yaml: the headline numbers and the training curves, for dvc metrics/plots diff
+    shown = dvc(producer, "metrics", "show")
+    assert "reports/metrics/tiny.json" in shown and "base.CAA" in shown, shown
+    out = dvc(producer, "plots", "show", "--json")
+    plots, _ = json.JSONDecoder().raw_decode(out[out.index("{"):])
+    assert any(k.endswith("base_train_loss.csv") for k in plots["data"]), plots["data"].keys()
     dvc(producer, "push")
     assert "Nothing to be done" in snakemake(producer, "-n")  # tracking changed nothing
 

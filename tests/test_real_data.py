@@ -198,7 +198,9 @@ def test_the_voc_layout_of_clip_es_readme_is_converted(project, golden, tmp_path
     cmd = (f"snakemake --cores all --configfile config/voc12.yaml config/standins/voc12.yaml {over}")
     rules = {r for r, _ in dry_run_jobs(project, cmd)}
     assert "convert_voc12" in rules
-    shell(project, cmd, timeout=1500)
+    # end to end for the base variant (the others add nothing to what the layout tests)
+    shell(project, cmd.replace("snakemake ", "snakemake reports/voc12_clipes_layout/base.html ", 1),
+          timeout=1500)
     results = project / "results" / "voc12_clipes_layout"
     conv = json.loads((results / "data" / "converted" / "convert.json").read_text())
     assert conv["mask_source"] == "SegmentationClassAug"

@@ -275,3 +275,20 @@ def test_comparison_states_overrides_shares_stages_and_counts_them_once(tmp_path
     aug = next(ln for ln in md.splitlines() if "VOC train_aug (10,582)" in ln)
     assert f"{100 * ev['mIoU']:.2f}" in aug and f"{100 * ev['mIoU'] - 68.7:.2f}" in aug
     assert "## Per-class IoU (%)" in md and "| cat |" in md
+
+
+def test_seeds_give_each_number_and_mean_and_spread(inputs):
+    inp, tmp = inputs
+    seg = lambda m: {"mIoU": m, "pixel_acc": 0.5, "class_iou": {"0": m}, "n_images": 5}  # noqa: E731
+    inp.evals.update(segmentation=seg(0.40), segmentation_seed7=seg(0.44), segmentation_seed9=seg(0.45))
+    inp.config["segmentation"] = {"seed": 3}
+    ctx = report.render_run(inp, tmp / "r.html", tmp / "r.md")
+    row = next(r for r in ctx["quality"] if r["key"] == "segmentation")
+    values = [40.0, 44.0, 45.0]
+    assert row["seeds"]["seeds"] == {3: 40.0, 7: 44.0, 9: 45.0}
+    assert row["seeds"]["mean"] == pytest.approx(np.mean(values))
+    assert row["seeds"]["std"] == pytest.approx(np.std(values, ddof=1))
+    md = (tmp / "r.md").read_text()
+    assert f"mean ± std over 3 seeds {np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}" in md
+    assert "seed 3: 40.00, seed 7: 44.00, seed 9: 45.00" in md
+    assert report.seed_summary({"segmentation": seg(0.4)}, {}) is None

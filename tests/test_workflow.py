@@ -192,3 +192,31 @@ def test_benchmark_configs_on_real_layouts(golden, tmp_path, kind):
     for variant in cfg["variants"]:
         assert (tmp_path / "reports" / f"g{kind}" / f"{variant}.html").is_file()
     assert (tmp_path / "reports" / f"g{kind}" / "comparison.md").is_file()
+
+
+@pytest.mark.slow
+def test_extra_seeds_train_predict_and_evaluate_once_each(tmp_path, golden):
+    """segmentation.extra_seeds: one more training per seed; the run report and the
+    comparison give each seed's number and the mean and spread."""
+    from faults_helpers import custom_config, make_custom
+
+    root = make_custom(tmp_path / "data", n_train=4, n_val=2)
+    cfg = custom_config(root, name="seeds", shards=1)
+    cfg["segmentation"]["extra_seeds"] = [5]
+    cfg["variants"] = {"base": {}, "no_crf": {"crf": {"enabled": False}}}
+    smk(tmp_path, cfg)
+    r = tmp_path / "results" / "seeds"
+    for v in ("base", "no_crf"):
+        assert (r / v / "segmentation" / "seed5" / "model.pt").is_file()
+        assert (r / v / "eval" / "segmentation_val_seed5.json").is_file()
+        md = (tmp_path / "reports" / "seeds" / f"{v}.md").read_text()
+        assert "mean ± std over 2 seeds" in md and "seed 0:" in md and "seed 5:" in md
+    comparison = (tmp_path / "reports" / "seeds" / "comparison.md").read_text()
+    assert "mean ± std over seeds" in comparison and "(n=2)" in comparison
+    import torch
+
+    from clipes.segmentation import load_trained
+
+    a = load_trained(r / "base" / "segmentation" / "model.pt").state_dict()
+    b = load_trained(r / "base" / "segmentation" / "seed5" / "model.pt").state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # another seed, another network

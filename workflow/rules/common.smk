@@ -111,6 +111,11 @@ def check_names(cfg):
                 f"{what} {name!r}: names become folders, so they take letters, digits, '_', "
                 f"'.' and '-', starting with a letter or digit; rename it"
             )
+        if what == "dataset.name" and name in ("metrics", "plots"):
+            raise WorkflowError(
+                f"dataset.name {name!r}: reports/{name}/ holds every dataset's "
+                f"{name} for DVC; rename the dataset"
+            )
         if what == "variant" and name in RESERVED_VARIANTS:
             raise WorkflowError(
                 f"variant {name!r}: the name of one of the workflow's own folders or reports "
@@ -618,6 +623,7 @@ def all_targets():
     targets += [
         f"reports/{DATASET}/comparison.html",
         f"reports/{DATASET}/comparison.md",
+        f"reports/metrics/{DATASET}.json",
     ]
     return targets + voc_test_targets()
 
@@ -849,7 +855,22 @@ def seg_conf_dirs(variant):
     return crf_shards(variant, "crf_conf") if seg_cfg(variant)["loss"] == "soft" else []
 
 
-def seg_train_args(variant):
+def extra_seeds(variant):
+    """The seeds of a variant's further trainings (segmentation.extra_seeds, less the
+    first seed's repeats), where the variant trains a network."""
+    s = seg_cfg(variant)
+    if not s["enabled"] or not has_val():
+        return []
+    return [x for x in dict.fromkeys(s["extra_seeds"]) if x != s["seed"]]
+
+
+def seed_evals(variant):
+    """Each further seed's val evaluation, from the variant that trains them."""
+    d = stage_dir(variant, "segmentation")
+    return [f"{d}/eval/segmentation_val_seed{x}.json" for x in extra_seeds(variant)]
+
+
+def seg_train_args(variant, seed=None):
     s = seg_cfg(variant)
     args = [
         f"--backbone {s['backbone']}",
@@ -864,7 +885,7 @@ def seg_train_args(variant):
         f"--poly-power {s['poly_power']}",
         f"--scale-range {s['scale_range'][0]} {s['scale_range'][1]}",
         f"--checkpoint-every {s['checkpoint_every']}",
-        f"--seed {s['seed']}",
+        f"--seed {s['seed'] if seed is None else seed}",
         f"--device {s['device']}",
         f"--workers {s['workers']}",
         f"--protocol {s['protocol']}",
@@ -900,12 +921,23 @@ def report_inputs(variant):
     ins["pseudo"] = crf_shards(variant)
     if predicted(variant):
         ins["eval_tags"] = f"{stage_dir(variant, 'tags')}/eval/tags.json"
+    if seed_evals(variant):
+        ins["eval_seeds"] = seed_evals(variant)
     if "eval_seg" in files:
         ins["pred"] = f"{stage_dir(variant, 'segmentation')}/segmentation/pred_val"
         seg = f"{stage_dir(variant, 'segmentation')}/segmentation"
         ins["train_plot"] = f"{seg}/train_log.png"
         ins["seg_info"] = f"{seg}/train_info.json"
     return ins
+
+
+def train_logs():
+    """variant -> the training log of its segmentation network, where it has one."""
+    return {
+        v: f"{stage_dir(v, 'segmentation')}/segmentation/train_log.csv"
+        for v in VARIANTS
+        if "train_log" in variant_outputs(v)
+    }
 
 
 def comparison_variants():
@@ -933,6 +965,8 @@ def report_args(variant, input):
         evals.append(f"segmentation={input.eval_seg}")
     if "eval_tags" in input.keys():
         evals.append(f"tags={input.eval_tags}")
+    for x, path in zip(extra_seeds(variant), seed_evals(variant)):
+        evals.append(f"segmentation_seed{x}={path}")
     # each stage's benchmarks come from the variant that owns the stage, and only that
     # stage's rules: an owner's folder also holds its other stages' files
     c = vcfg(variant)
@@ -944,6 +978,11 @@ def report_args(variant, input):
         "crf": "crf,eval_pseudo_masks,eval_crf_labels",
         "segmentation": (
             "train_segmentation,predict_segmentation,eval_segmentation"
+            + (
+                ",train_segmentation_seed,predict_segmentation_seed,eval_segmentation_seed"
+                if extra_seeds(variant)
+                else ""
+            )
             if "eval_seg" in input.keys()
             else None
         ),
@@ -975,5 +1014,6 @@ def report_args(variant, input):
 
 wildcard_constraints:
     dataset=DATASET,
+    seed=r"\d+",
     variant="|".join(map(re.escape, VARIANTS)),
     shard=r"\d+",

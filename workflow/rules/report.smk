@@ -51,6 +51,7 @@ rule comparison_report:
     input:
         code=code("report"),
         summaries=expand("reports/{{dataset}}/{variant}.json", variant=list(VARIANTS)),
+        train_logs=lambda w: list(train_logs().values()),
     output:
         html=report(
             "reports/{dataset}/comparison.html",
@@ -59,6 +60,8 @@ rule comparison_report:
             labels={"variant": "all", "type": "comparison"},
         ),
         md="reports/{dataset}/comparison.md",
+        metrics="reports/metrics/{dataset}.json",
+        curves=directory("reports/plots/{dataset}"),
     log:
         "results/{dataset}/logs/comparison_report.log",
     conda:
@@ -70,7 +73,9 @@ rule comparison_report:
         script=script("report"),
         base=config["report"]["baseline_variant"] or BASE,
         variants=comparison_variants(),
+        logs=lambda w: " ".join(f"{v}={p}" for v, p in train_logs().items()),
     shell:
         "{params.script} compare --summary {input.summaries} --base {params.base} "
         "--variants {params.variants} --title {wildcards.dataset} --html {output.html} "
-        "--md {output.md} > {log} 2>&1"
+        "--md {output.md} --metrics {output.metrics} --curves {output.curves} "
+        "--train-log {params.logs} > {log} 2>&1"

@@ -156,3 +156,50 @@ rule voc_test_submission:
     shell:
         "{params.script} --pred {input.pred} --split {params.split} --out {output} "
         "> {log} 2>&1"
+
+
+# segmentation.extra_seeds: the same training under more seeds, each predicted and evaluated
+# on val (the reports give each seed's mIoU, their mean and standard deviation).
+use rule train_segmentation as train_segmentation_seed with:
+    output:
+        model="results/{dataset}/{variant}/segmentation/seed{seed}/model.pt",
+        log_csv="results/{dataset}/{variant}/segmentation/seed{seed}/train_log.csv",
+        info="results/{dataset}/{variant}/segmentation/seed{seed}/train_info.json",
+        plot="results/{dataset}/{variant}/segmentation/seed{seed}/train_log.png",
+    log:
+        "results/{dataset}/{variant}/logs/train_segmentation_seed{seed}.log",
+    benchmark:
+        "results/{dataset}/{variant}/benchmarks/train_segmentation_seed{seed}.tsv"
+    params:
+        digest=lambda w: data_digest("train"),
+        script=script("train_seg"),
+        data=lambda w: dataset_args("train", w.variant),
+        args=lambda w: seg_train_args(w.variant, int(w.seed)),
+        conf=lambda w, input: f"--conf {' '.join(input.conf)}" if input.conf else "",
+        out=lambda w, output: str(Path(output.model).parent),
+
+
+use rule predict_segmentation as predict_segmentation_seed with:
+    input:
+        code=code("predict_seg"),
+        dataset=dataset_json(),
+        model="results/{dataset}/{variant}/segmentation/seed{seed}/model.pt",
+    output:
+        directory("results/{dataset}/{variant}/segmentation/seed{seed}/pred_val"),
+    log:
+        "results/{dataset}/{variant}/logs/predict_segmentation_seed{seed}.log",
+    benchmark:
+        "results/{dataset}/{variant}/benchmarks/predict_segmentation_seed{seed}.tsv"
+
+
+use rule eval_segmentation as eval_segmentation_seed with:
+    input:
+        code=code("evaluate"),
+        dataset=dataset_json(),
+        pred="results/{dataset}/{variant}/segmentation/seed{seed}/pred_val",
+    output:
+        "results/{dataset}/{variant}/eval/segmentation_val_seed{seed}.json",
+    log:
+        "results/{dataset}/{variant}/logs/eval_segmentation_seed{seed}.log",
+    benchmark:
+        "results/{dataset}/{variant}/benchmarks/eval_segmentation_seed{seed}.tsv"
