@@ -514,4 +514,5 @@ def run_dataset(engine: CamEngine, samples, out_dir, resume: bool = False,
             print(f"cams {done}/{len(todo)}: {rate:.2f} images/s, eta "
                   f"{(len(todo) - done) / rate:.0f} s (last chunk: input {size[1]}x{size[0]}, "
                   f"model {(t2 - t1) / n:.3f} s/image)", file=sys.stderr, flush=True)
+    del loaded  # loader workers, if any, are shut down here, not at the process's exit
     return records
