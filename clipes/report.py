@@ -90,6 +90,22 @@ def load_json(path) -> dict | None:
 
 
 # ------------------------------------------------------------------------- provenance
+def clip_used(config: dict) -> str:
+    """The CLIP the CAM stage ran with, in words: the config dump keeps the unused
+    name/pretrained defaults, so the header says which weights were actually loaded."""
+    m = config.get("model", {})
+    if m.get("pretrain", {}).get("enabled"):
+        p = m["pretrain"]
+        return (f"tiny CLIP trained by this workflow on the dataset's captions (model.pretrain: "
+                f"{p.get('steps')} steps, seed {p.get('seed', 0)})")
+    if m.get("checkpoint"):
+        return f"checkpoint {m['checkpoint']}"
+    tag = m.get("pretrained", "openai")
+    if tag is None or str(tag).lower() in ("", "none", "null", "random"):
+        return f"{m.get('name', 'ViT-B-16')} with random weights (seed {m.get('seed', 0)})"
+    return f"{m.get('name', 'ViT-B-16')} / {tag}"
+
+
 def provenance(config: dict, repo: Path | None = None) -> dict:
     import torch
 
@@ -616,7 +632,7 @@ def render_run(inp: RunInputs, html_path, md_path, gallery: list[dict] | None = 
     ctx = {
         "title": f"CLIP-ES run report: {inp.config['dataset']['name']} / {inp.variant}",
         "variant": inp.variant, "dataset": inp.dataset, "kind": kind,
-        "prov": provenance(inp.config), "timing": timing.to_dict("records"),
+        "prov": provenance(inp.config), "clip": clip_used(inp.config), "timing": timing.to_dict("records"),
         "total_wall": float(timing["wall_s"].sum()) if not timing.empty else None,
         "quality": quality, "paper": paper_table(kind, quality),
         "labels": labels_section(inp.config, inp.evals.get("tags"), class_names),

@@ -65,6 +65,19 @@ def test_run_report_numbers(inputs):
     assert html.count("data:image/png;base64,") >= 2  # timing and per-class figures embedded
     assert "r_files/timing.png" in md and (tmp / "r_files" / "timing.png").is_file()
     assert ctx["prov"]["config_hash"] and "cam:" in ctx["prov"]["config_yaml"]
+    assert f"CLIP: {ctx['clip']}" in html and f"CLIP: {ctx['clip']}" in md
+
+
+@pytest.mark.parametrize("model, words", [
+    ({}, "ViT-B-16 / openai"),
+    ({"pretrained": None, "seed": 3}, "random weights (seed 3)"),
+    ({"checkpoint": "weights/ViT-B-16.pt"}, "checkpoint weights/ViT-B-16.pt"),
+    ({"pretrain": {"enabled": True, "steps": 500, "seed": 0}}, "tiny CLIP trained by this workflow"),
+])
+def test_report_names_the_clip_that_ran(model, words):
+    # the config dump keeps name: ViT-B-16 / pretrained: openai beside a tiny trained CLIP;
+    # the header says which weights the CAM stage loaded
+    assert words in report.clip_used({"model": model})
 
 
 def test_comparison_report_deltas(tmp_path):
