@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # runs from a checkout without the package installed
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 OUT = REPO / "config" / "README.md"
 

@@ -23,13 +23,20 @@ def golden() -> Path:
     return g
 
 
-def run_script(name: str, *args, check: bool = True) -> subprocess.CompletedProcess:
-    """Run scripts/<name>.py with the test's Python; returns the finished process."""
-    cmd = [sys.executable, str(REPO / "scripts" / f"{name}.py"), *map(str, args)]
+def run_script(name: str, *args, check: bool = True, folder: str = "scripts"
+               ) -> subprocess.CompletedProcess:
+    """Run <folder>/<name>.py (a stage script, or folder="benchmarks") with the test's
+    Python; returns the finished process."""
+    cmd = [sys.executable, str(REPO / folder / f"{name}.py"), *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def run_benchmark(name: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    """Run benchmarks/<name>.py with the test's Python; returns the finished process."""
+    return run_script(name, *args, check=check, folder="benchmarks")
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from conftest import golden_dir, run_script
+from conftest import golden_dir, run_benchmark
 
 
 @pytest.mark.skipif(not (golden_dir() / "clip_tiny.pt").is_file(), reason="no tiny CLIP")
 def test_cam_scaling_benchmark_prints_one_row_per_size(tmp_path):
-    proc = run_script("benchmark_cam_scaling", "--sizes", "2", "4", "--checkpoint",
+    proc = run_benchmark("cam_scaling", "--sizes", "2", "4", "--checkpoint",
                       golden_dir() / "clip_tiny.pt", "--workdir", tmp_path, "--mix", "coco",
                       "--extra", "--keep-plain --store full")
     rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
@@ -66,7 +66,7 @@ def test_stage_benchmark_runs_the_authors_command_line_and_prints_the_ratio(tmp_
     authors.mkdir()
     (authors / "generate_cams_voc12.py").write_text(FAKE_AUTHORS)
     (authors / "lxml_free.py").write_text(LABELS)
-    proc = run_script("benchmark_cam_stage", "--images", "2", "--repeats", "1", "--variants",
+    proc = run_benchmark("cam_stage", "--images", "2", "--repeats", "1", "--variants",
                       "batched", "--checkpoint", golden_dir() / "clip_tiny.pt", "--authors-code",
                       authors, "--workdir", tmp_path / "work", "--out", tmp_path / "stage.json")
     rows = {r.split("|")[1].strip(): r for r in proc.stdout.splitlines() if r.startswith("| ")}
@@ -85,7 +85,7 @@ def test_gpu_benchmark_script_runs_its_steps_on_the_cpu(tmp_path):
     """The script prepared for a lent GPU, on a few images and the smallest settings, every
     step, so it does not fail there for a reason a CPU run would have shown."""
     g = golden_dir()
-    proc = run_script("benchmark_gpu", "--device", "cpu", "--images", "2", "--subset", "1",
+    proc = run_benchmark("gpu", "--device", "cpu", "--images", "2", "--subset", "1",
                       "--cam-runs", "fastest, fp16", "fastest, fp32", "--parity-images", "1",
                       "--crf-images", "2", "--crf-jobs", "1", "--seg-images", "2",
                       "--seg-iterations", "2", "--seg-warmup", "0", "--seg-backbone", "tiny",

@@ -223,10 +223,10 @@ def _parsers(script: Path):
     return out
 
 
-SCRIPTS = sorted((REPO / "scripts").glob("*.py"))
+SCRIPTS = sorted([*(REPO / "scripts").glob("*.py"), *(REPO / "benchmarks").glob("*.py")])
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_option_has_help_and_examples_print_as_written(script):
     import argparse
     import ast

@@ -9,7 +9,7 @@ Markdown table: images, wall seconds, seconds per image (startup included and ex
 peak resident memory. ViT-B/16 with random weights by default (no download), or any
 OpenAI-format file with --checkpoint.
 
-    python scripts/benchmark_cam_scaling.py --sizes 10 100 1000 --device cpu
+    python benchmarks/cam_scaling.py --sizes 10 100 1000 --device cpu
 """
 
 import argparse

@@ -8,7 +8,7 @@ prints each rule's peak resident memory (max_rss from Snakemake's benchmark file
 wall time at both sizes. A stage that holds the dataset in memory shows a peak that grows
 with the image count; a streaming one stays flat.
 
-    python scripts/benchmark_memory.py --sizes 40 160
+    python benchmarks/memory.py --sizes 40 160
 """
 
 import argparse

@@ -5,7 +5,7 @@ linyq2117/CLIP-ES), for theirs, in alternating runs on the same images and weigh
 
 Generates N VOC-format images (VOC's size mix around 500x375, 1-3 labels from the XML)
 and an OpenAI-format ViT-B/16 checkpoint with random weights (fp16, as OpenAI's release;
-attention peaked as in benchmark_cams.py, so the maps have structure). Then, R times:
+attention peaked as in cam_model.py, so the maps have structure). Then, R times:
 each variant of ``scripts/cams.py`` and the authors' ``generate_cams_voc12.py``, each
 in a fresh process. Prints the median wall time of each, the ratio to the authors', and
 how far the maps and CAM labels of each variant are from theirs (clipes.parity).
@@ -16,7 +16,7 @@ a GPU; there it is started through a shim that maps their CUDA device names to t
 give the Python that has them with --authors-python, or extra folders with
 --authors-pythonpath.
 
-    python scripts/benchmark_cam_stage.py --images 10 --repeats 3 --authors-code ~/CLIP-ES
+    python benchmarks/cam_stage.py --images 10 --repeats 3 --authors-code ~/CLIP-ES
 """
 
 import argparse
@@ -83,7 +83,7 @@ def write_random_checkpoint(path: Path, model: str) -> None:
     """A random CLIP in OpenAI's format: a plain state dict, fp16 tensors."""
     import torch
 
-    from benchmark_cams import peaked_attention
+    from cam_model import peaked_attention
     from clipes.model import build_random_clip
 
     clip = build_random_clip(model, seed=0)
@@ -116,7 +116,7 @@ def main(argv=None):
         if not script.is_file():
             sys.exit(f"error: {script} not found: give the folder of a checkout of "
                      f"linyq2117/CLIP-ES with --authors-code")
-    from benchmark_cam_scaling import make_images
+    from cam_scaling import make_images
 
     root = work / "VOC2012"
     ids = make_images(root, args.images, layout="voc", workers=min(8, os.cpu_count() or 1))

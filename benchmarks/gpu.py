@@ -15,7 +15,7 @@ process start to the last file written) while a sampler reads the GPU's utilisat
 3. seg: ``scripts/train_seg.py``, deeplab-pytorch protocol (ResNet-101, MSC, batch 5 x
    iter_size 2, crop 321), random init, on the CRF's pseudo masks with the real data
    loader: iterations/s after a warm-up, peak GPU memory, 20k iterations projected; and
-   ``scripts/benchmark_seg.py``'s model step alone on random tensors (the GPU's own rate).
+   ``benchmarks/segmentation.py``'s model step alone on random tensors (the GPU's own rate).
 4. parity: the golden set (--golden) through ``scripts/cams.py`` on the device in
    reference and batched fp32, batched fp16 and bf16, against the authors' maps and
    fp32 (``scripts/compare_cams.py --check``); then ``tests/test_parity.py`` with
@@ -26,8 +26,8 @@ CAM runs on the subset last; from --deadline seconds on no step starts and a run
 is stopped, and what did not run is listed. Markdown tables for the README go to OUT/summary.md (and
 stdout), every number to OUT/summary.json, subprocess logs to OUT/log.txt.
 
-    python scripts/benchmark_gpu.py --device cuda --out-dir "$OUT" --golden PARITY_SET
-    python scripts/benchmark_gpu.py --device cpu --images 4 --subset 2 --crf-images 2 \\
+    python benchmarks/gpu.py --device cuda --out-dir "$OUT" --golden PARITY_SET
+    python benchmarks/gpu.py --device cpu --images 4 --subset 2 --crf-images 2 \\
         --seg-images 2 --seg-iterations 3 --seg-backbone tiny --seg-crop 65 \\
         --checkpoint clip_tiny.pt --golden PARITY_SET --parity-datasets voc12
 """
@@ -192,8 +192,8 @@ def run(cmd, clock, logf, env=None, label="") -> tuple[int | str, float, Sampler
 
 # ----------------------------------------------------------------------------- steps
 def prepare(args, summary):
-    from benchmark_cam_scaling import make_images
-    from benchmark_cam_stage import write_random_checkpoint
+    from cam_scaling import make_images
+    from cam_stage import write_random_checkpoint
 
     root = args.workdir / "VOC2012"
     split = root / "ImageSets" / "Segmentation" / "train.txt"
@@ -331,11 +331,11 @@ def seg_step(args, clock, logf, summary, root, ids, masks):
     log(f"train_seg: {res['status']}, {wall:.1f} s")
     if clock.left() <= 0:
         return
-    cmd = [sys.executable, REPO / "scripts" / "benchmark_seg.py", "--protocol", "deeplab-pytorch",
+    cmd = [sys.executable, REPO / "benchmarks" / "segmentation.py", "--protocol", "deeplab-pytorch",
            "--backbone", args.seg_backbone, "--iterations", max(3, args.seg_iterations // 4),
            "--crop", args.seg_crop,
            "--device", args.device, "--json", args.workdir / "seg_model_step.json"]
-    rc, wall, s, _ = run(cmd, clock, logf, label="benchmark_seg (model step, random tensors)")
+    rc, wall, s, _ = run(cmd, clock, logf, label="benchmarks/segmentation.py (model step, random tensors)")
     if rc == 0:
         step = json.loads((args.workdir / "seg_model_step.json").read_text())[0]
         res["model_step"] = {**step, **s.reading()}
@@ -463,7 +463,7 @@ def markdown(summary) -> str:
                     f"{_pct(s['cpu_busy_pct'])} |"]
             ms = s.get("model_step")
             if ms:
-                out.append(f"| benchmark_seg.py model step, random tensors | {ms['backbone']} | "
+                out.append(f"| benchmarks/segmentation.py model step, random tensors | {ms['backbone']} | "
                            f"{ms['iterations_per_s']:.2f} | {ms['peak_mb']:.0f} | "
                            f"{20000 / ms['iterations_per_s'] / 60:.0f} min | "
                            f"{_pct(ms['gpu_util_pct'])} | {_pct(ms['cpu_busy_pct'])} |")

@@ -9,8 +9,8 @@ protocol one single-scale batch. A few iterations on the CPU; on CUDA with mixed
 training uses it. ``--loader N`` also writes N generated 500x375 JPEGs with masks and times
 the training data loader (decoding and augmentation in ``--workers`` processes) alone.
 
-    python scripts/benchmark_seg.py --iterations 3 --device cpu
-    python scripts/benchmark_seg.py --iterations 50 --device cuda --loader 200 --workers 8
+    python benchmarks/segmentation.py --iterations 3 --device cpu
+    python benchmarks/segmentation.py --iterations 50 --device cuda --loader 200 --workers 8
 """
 
 import argparse

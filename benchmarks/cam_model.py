@@ -6,7 +6,7 @@ random 500x375 images with 1, 2 and 3 labels, runs both Grad-CAM modes on the sa
 inputs, checks they give the same maps, and prints a Markdown table. Each mode runs in
 its own process so the peak memory (max RSS on CPU, max allocated on CUDA) is its own.
 
-    python scripts/benchmark_cams.py --images 4 --device cpu
+    python benchmarks/cam_model.py --images 4 --device cpu
 """
 
 import argparse
