@@ -43,7 +43,7 @@ STAGE_SECTIONS = {
 # Cluster requests per rule: memory (MB) and runtime (minutes, SLURM's -t), sized for VOC12
 # (train_aug, 10,582 images; 8 CAM shards, 32 CRF shards) with ResNet-101 on one GPU.
 # Config 'resources' overrides them rule by rule (config/coco14.yaml does), a profile's
-# set-resources overrides both. Basis (scripts/benchmark_memory.py, README "Scale"): every
+# set-resources overrides both. Basis (benchmarks/memory.py, README "Scale"): every
 # stage's peak memory is flat in the image count (40 vs 160 VOC-sized images: 0.5-0.9 GB,
 # training 1.4 GB with the tiny network); per image on one CPU core, CRF 0.44 s, CAM
 # evaluation 0.09 s (two maps), pseudo-mask evaluation 0.02 s; ViT-B/16 CAMs 1.1 s on a
