@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def model_step(args, protocol, device):
     import torch
 
-    from clipes import deeplab
+    from clipes.segmentation import deeplab
     from clipes import segmentation as seg
 
     torch.manual_seed(0)

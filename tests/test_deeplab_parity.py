@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipes import deeplab
+from clipes.segmentation import deeplab
 from conftest import REPO
 
 GOLDEN = Path(os.environ.get("CLIPES_SEG_GOLDEN_DIR", REPO.parent / "shared" / "reference_seg"))

@@ -150,7 +150,7 @@ def test_deeplab_protocol_resume_gives_the_same_weights_and_log(tmp_path):
 
 
 def test_msc_loss_ignores_255_pixels():
-    from clipes import deeplab
+    from clipes.segmentation import deeplab
 
     torch.manual_seed(0)
     model = deeplab.MSC(deeplab.DeepLabV2Caffe(3, (1, 1, 1, 1))).train()
@@ -169,7 +169,7 @@ def test_msc_loss_ignores_255_pixels():
 
 
 def test_class_balanced_weights_are_median_frequency():
-    from clipes import deeplab
+    from clipes.segmentation import deeplab
 
     w = deeplab.class_balanced_weights(np.array([80.0, 10.0, 10.0, 0.0]))
     assert w.tolist() == pytest.approx([10 / 80, 1.0, 1.0, 1.0])
@@ -252,7 +252,7 @@ def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):
 
 
 def test_own_checkpoint_initialises_a_deeplab_protocol_training(tmp_path):
-    from clipes import deeplab
+    from clipes.segmentation import deeplab
 
     data = _data(tmp_path)
     seg.train(_dl_cfg(iterations=1, workers=0), data, tmp_path / "first", log=lambda m: None)

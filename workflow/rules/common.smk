@@ -658,7 +658,6 @@ STAGE_CODE = {
     "crf": ["crf", "camstore", "datasets", "io", "metrics", "cli"],
     "train_seg": [
         "segmentation",
-        "deeplab",
         "datasets",
         "metrics",
         "io",
@@ -677,7 +676,6 @@ STAGE_CODE = {
     ],
     "predict_seg": [
         "segmentation",
-        "deeplab",
         "crf",
         "datasets",
         "io",
@@ -699,9 +697,13 @@ STAGE_CODE = {
 
 
 def code(script):
-    files = [str(SCRIPTS / f"{script}.py")] + [
-        str(PKG / f"{m}.py") for m in STAGE_CODE[script]
-    ]
+    """The script and the package modules (a sub-package: all its files) a stage runs."""
+    files = [str(SCRIPTS / f"{script}.py")]
+    for m in STAGE_CODE[script]:
+        if (PKG / m).is_dir():
+            files += sorted(str(f) for f in (PKG / m).glob("*.py"))
+        else:
+            files.append(str(PKG / f"{m}.py"))
     if script == "report":
         files += sorted(str(t) for t in (PKG / "templates").glob("*.j2"))
     return files

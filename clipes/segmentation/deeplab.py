@@ -32,9 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .crf import BGR_MEAN, dense_crf
-from .datasets import DatasetError
-from .io import IGNORE
+from ..crf import BGR_MEAN, dense_crf
+from ..datasets import DatasetError
+from ..io import IGNORE
 
 MEAN_BGR = BGR_MEAN  # the Caffe means, the same as the CRF stage's
 MSC_SCALES = (0.5, 0.75)
