@@ -705,7 +705,7 @@ def code(script):
         else:
             files.append(str(PKG / f"{m}.py"))
     if script == "report":
-        files += sorted(str(t) for t in (PKG / "templates").glob("*.j2"))
+        files += sorted(str(t) for t in (PKG / "report" / "templates").glob("*.j2"))
     return files
 
 
