@@ -272,3 +272,31 @@ def test_the_quick_start_install_resolves_in_a_fresh_virtual_environment(tmp_pat
     bad = subprocess.run(["bash", "scripts/install.sh", "gpu"], cwd=project, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "usage: bash scripts/install.sh" in bad.stderr
+
+
+def test_readme_layout_names_every_module_and_only_what_exists():
+    import re
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("## Layout\n")
+    end = text.find("\n## ", start + 1)
+    layout = text[start:end if end > 0 else None]
+    rows = {}
+    for line in layout.splitlines():
+        if line.startswith("| `"):
+            cells = line.split(" | ")
+            for path in re.findall(r"`([^`]+)`", cells[0]):
+                rows[path] = line
+    pkg = REPO / "clipes"
+    for mod in sorted(pkg.glob("*.py")):
+        if mod.name != "__init__.py":
+            assert f"clipes/{mod.name}" in rows, f"README layout: no line for clipes/{mod.name}"
+    for sub in sorted(p for p in pkg.iterdir() if (p / "__init__.py").is_file()):
+        row = rows.get(f"clipes/{sub.name}/")
+        assert row, f"README layout: no line for clipes/{sub.name}/"
+        for mod in sorted(sub.glob("*.py")):
+            if mod.name != "__init__.py":
+                assert f"`{mod.stem}`" in row, f"README layout: clipes/{sub.name}/{mod.name} not named"
+    for path in rows:
+        if "/" in path and not path.startswith(("results", "reports")):
+            assert (REPO / path.rstrip("/")).exists(), f"README layout names {path}, which is not in the tree"
