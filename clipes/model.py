@@ -136,12 +136,15 @@ def _load_openai_state_dict(path: str, device):
     so their weights are rounded to fp16 exactly as open_clip (and the authors' code) do."""
     import open_clip.model as ocm
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a TorchScript archive: torch.load says so
-            sd = torch.load(path, map_location="cpu", weights_only=True)  # data only
-    except Exception:
-        return None
+    if str(path).endswith(".npz"):  # the same state dict as NumPy arrays (save_npz_state_dict)
+        sd = load_npz_state_dict(path)
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a TorchScript archive: torch.load says so
+                sd = torch.load(path, map_location="cpu", weights_only=True)  # data only
+        except Exception:
+            return None
     if not isinstance(sd, dict) or "visual.proj" not in sd or not hasattr(
             ocm, "convert_weights_to_fp16"):
         return None
@@ -159,6 +162,34 @@ def _load_openai_state_dict(path: str, device):
     net = net.to(device).float()
     net.visual.image_mean, net.visual.image_std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     return net
+
+
+def save_npz_state_dict(state: dict, path) -> None:
+    """An OpenAI-format state dict as a compressed NumPy archive: data only, and rows of
+    zeros (an embedding's unused tokens) take almost no space. The weights open_clip
+    rounds to fp16 when it loads an OpenAI-format file are stored rounded (fp16), the
+    others (layer norms, embeddings) in fp32, so ``load_clip`` builds the same model from
+    this file as from the .pt, bit for bit."""
+    import numpy as np
+    import open_clip.model as ocm
+
+    from .io import atomic_path
+
+    with no_weight_init():
+        net = ocm.build_model_from_openai_state_dict(dict(state), cast_dtype=None)
+    ocm.convert_weights_to_fp16(net)
+    arrays = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
+def load_npz_state_dict(path) -> dict:
+    """The state dict of :func:`save_npz_state_dict` (no pickle: object arrays refused)."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        return {k: torch.from_numpy(z[k].copy()) for k in z.files}
 
 
 @contextlib.contextmanager

@@ -65,13 +65,17 @@ def load_images(images, size: int) -> torch.Tensor:
     return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
 
-def train_tiny_clip(images: list, captions: list[str], out: Path,
-                    cfg: TinyClipConfig = TinyClipConfig(), log=None) -> dict:
+def train_tiny_clip(images: list | None, captions: list[str] | None, out: Path,
+                    cfg: TinyClipConfig = TinyClipConfig(), log=None, stream=None) -> dict:
     """Contrastive training on (image, caption) pairs (images: paths or RGB arrays);
-    writes an OpenAI-format checkpoint to ``out``.
+    writes an OpenAI-format checkpoint to ``out``. With ``stream`` (a function of a numpy
+    Generator and a count returning that many (RGB arrays, captions)), every step draws
+    fresh pairs from it instead: no pair is seen twice, so the model cannot memorise its
+    data (``images``/``captions`` are then unused).
 
     Augmentation: random horizontal flips and 90-degree rotations (shape classes are
-    invariant to both). Returns a summary (steps, seconds, final loss).
+    invariant to both). Returns a summary (steps, seconds, final loss, the token ids the
+    captions used).
     """
     import open_clip
 
@@ -79,26 +83,37 @@ def train_tiny_clip(images: list, captions: list[str], out: Path,
     rng = np.random.default_rng(cfg.seed)
     model = build_tiny_clip(cfg)
     tok = open_clip.get_tokenizer("ViT-B-16")
-    tokens = tok(captions, context_length=cfg.context_length)
-    images = load_images(images, cfg.image_size)
+    if stream is None:
+        tokens = tok(captions, context_length=cfg.context_length)
+        images = load_images(images, cfg.image_size)
+        n = len(images)
+        seen = set(tokens.unique().tolist())
+    else:
+        data_rng = np.random.default_rng([cfg.seed, 1])
+        seen = set()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
                                                 pct_start=0.1)
-    n = len(images)
     t0 = time.time()
     losses = []
     step = 0
     for step in range(1, cfg.steps + 1):
-        idx = torch.from_numpy(rng.choice(n, min(cfg.batch_size, n), replace=False))
-        x = images[idx]
+        if stream is None:
+            idx = torch.from_numpy(rng.choice(n, min(cfg.batch_size, n), replace=False))
+            x, t = images[idx], tokens[idx]
+        else:
+            batch_images, batch_captions = stream(data_rng, cfg.batch_size)
+            x = load_images(batch_images, cfg.image_size)
+            t = tok(batch_captions, context_length=cfg.context_length)
+            seen.update(t.unique().tolist())
         if rng.random() < 0.5:
             x = x.flip(-1)
         x = torch.rot90(x, int(rng.integers(4)), dims=(-2, -1))
         img_f = F.normalize(model.encode_image(x), dim=-1)
-        txt_f = F.normalize(model.encode_text(tokens[idx]), dim=-1)
+        txt_f = F.normalize(model.encode_text(t), dim=-1)
         logits = model.logit_scale.exp() * img_f @ txt_f.T
         # captions can repeat: pairs with the same caption are all positives
-        same = (tokens[idx][:, None] == tokens[idx][None]).all(-1).float()
+        same = (t[:, None] == t[None]).all(-1).float()
         target = same / same.sum(1, keepdim=True)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         opt.zero_grad()
@@ -107,7 +122,7 @@ def train_tiny_clip(images: list, captions: list[str], out: Path,
         sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100))
-        losses.append(float(loss))
+        losses.append(loss.item())
         if log and (step % 50 == 0 or step == 1):
             log(f"step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.3f} "
                 f"({time.time() - t0:.0f} s)")
@@ -117,4 +132,17 @@ def train_tiny_clip(images: list, captions: list[str], out: Path,
     with atomic_path(out, suffix=".pt") as tmp:
         torch.save(state, tmp)
     return {"steps": step, "seconds": time.time() - t0, "final_loss": float(np.mean(losses[-50:])),
-            "params": sum(p.numel() for p in model.parameters())}
+            "params": sum(p.numel() for p in model.parameters()), "tokens_seen": sorted(seen)}
+
+
+def compact_state(state: dict, keep_tokens) -> dict:
+    """The state dict with every token embedding row outside ``keep_tokens`` set to zero:
+    rows of tokens no caption used never got a gradient (they hold the random init,
+    shrunk by weight decay), and zeros make the shipped file small."""
+    state = dict(state)
+    emb = state["token_embedding.weight"].clone()
+    keep = torch.zeros(len(emb), dtype=torch.bool)
+    keep[torch.as_tensor(sorted(keep_tokens), dtype=torch.long)] = True
+    emb[~keep] = 0
+    state["token_embedding.weight"] = emb
+    return state

@@ -169,3 +169,15 @@ def caption_corpus(seed: int, n: int, sizes=((96, 96), (96, 120))):
             images.append(img)
             captions.append(caption)
     return images, captions
+
+
+def stream_pairs(rng, n: int, sizes=((96, 96), (96, 120))):
+    """n fresh image-caption pairs drawn from ``rng`` (the streamed pre-training data of
+    the demo CLIP: every step sees new images). Returns (RGB arrays, captions)."""
+    images, captions = [], []
+    while len(images) < n:
+        img, _, present, _, caption = make_sample(rng, sizes[int(rng.integers(len(sizes)))])
+        if present:
+            images.append(img)
+            captions.append(caption)
+    return images, captions

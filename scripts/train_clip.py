@@ -1,9 +1,14 @@
 #!/usr/bin/env python
-"""Demo only: train a tiny CLIP on the synthetic dataset's captions (train split).
+"""Demo only: train a tiny CLIP on synthetic image-caption pairs.
 
-The result is an OpenAI-format checkpoint that the CAM stage loads like ViT-B-16.pt.
+The result is an OpenAI-format checkpoint that the CAM stage loads like ViT-B-16.pt. The
+pairs are the synthetic dataset's train split (--data) plus --corpus generated ones, or,
+with --stream, fresh generated pairs at every step (no --data needed). --npz also writes
+the compact data-only copy (zeroed unused token rows, compressed) the repository ships as
+resources/demo_clip.npz; how that file was made is in resources/README.md.
 
     python scripts/train_clip.py --data results/demo/data/synthetic --out clip.pt --steps 600
+    python scripts/train_clip.py --stream --steps 1000 --pool avg --out clip.pt --npz clip.npz
 """
 
 import argparse
@@ -17,9 +22,13 @@ from clipes import cli, io, pretrain, synthetic  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
-    p.add_argument("--data", required=True, type=Path, help="synthetic dataset folder (captions.csv)")
+    p.add_argument("--data", type=Path, help="synthetic dataset folder (captions.csv); "
+                   "required unless --stream")
+    p.add_argument("--stream", action="store_true",
+                   help="fresh generated pairs at every step instead of a fixed set")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write")
     p.add_argument("--summary", type=Path, help="JSON summary (steps, seconds, loss)")
+    p.add_argument("--npz", type=Path, help="also write the compact data-only copy here")
     d = pretrain.TinyClipConfig()
     helps = {"steps": "training steps", "batch_size": "image-caption pairs per step",
              "seed": "seed of the initialisation and the batches",
@@ -33,7 +42,11 @@ def parse_args(argv=None):
     p.add_argument("--corpus", type=int, default=0,
                    help="extra generated image-caption pairs (another seed) beside the train split")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.data is None and not a.stream:
+        p.error("--data is required unless --stream: give the synthetic dataset folder "
+                "(results/demo/data/synthetic)")
+    return a
 
 
 def main(argv=None):
@@ -42,19 +55,29 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    caps = synthetic.read_captions(args.data)
-    ids = (args.data / "train.txt").read_text().split()
     cfg = pretrain.TinyClipConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                   image_size=args.image_size, patch_size=args.patch_size,
                                   vision_layers=args.vision_layers, vision_width=args.vision_width,
                                   pool=args.pool)
-    images = [args.data / "images" / f"{i}.png" for i in ids]
-    captions = [caps[i] for i in ids]
-    if args.corpus:
-        extra_images, extra_captions = synthetic.caption_corpus(args.seed + 10_000, args.corpus)
-        images, captions = images + extra_images, captions + extra_captions
-    summary = pretrain.train_tiny_clip(images, captions, args.out, cfg,
-                                       log=lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.stream:
+        summary = pretrain.train_tiny_clip(None, None, args.out, cfg, log=log,
+                                           stream=synthetic.stream_pairs)
+    else:
+        caps = synthetic.read_captions(args.data)
+        ids = (args.data / "train.txt").read_text().split()
+        images = [args.data / "images" / f"{i}.png" for i in ids]
+        captions = [caps[i] for i in ids]
+        if args.corpus:
+            extra_images, extra_captions = synthetic.caption_corpus(args.seed + 10_000, args.corpus)
+            images, captions = images + extra_images, captions + extra_captions
+        summary = pretrain.train_tiny_clip(images, captions, args.out, cfg, log=log)
+    if args.npz:
+        from clipes.model import save_npz_state_dict
+
+        state = torch.load(args.out, map_location="cpu", weights_only=True)
+        save_npz_state_dict(pretrain.compact_state(state, summary["tokens_seen"]), args.npz)
+    summary["tokens_seen"] = len(summary["tokens_seen"])
     if args.summary:
         io.write_json(args.summary, summary)
 

@@ -232,3 +232,22 @@ def test_checkpoint_loading_skips_the_random_init_and_gets_the_same_weights(gold
     assert fast.keys() == slow.keys()
     assert all(torch.equal(fast[k], slow[k]) and fast[k].dtype == slow[k].dtype for k in fast)
     assert torch.nn.init.normal_.__name__ == "normal_"  # the init functions are restored
+
+
+def test_npz_checkpoint_builds_the_same_model_as_the_pt(tmp_path):
+    # the demo ships its tiny CLIP as a compressed data-only .npz: loading it gives the
+    # model the .pt gives, bit for bit; zeroed token rows keep the file small
+    from clipes import pretrain
+
+    net = pretrain.build_tiny_clip(pretrain.TinyClipConfig())
+    state = pretrain.compact_state({k: v.detach().clone() for k, v in net.state_dict().items()},
+                                   keep_tokens=range(300))
+    assert not state["token_embedding.weight"][300:].any() and state["token_embedding.weight"][:300].any()
+    torch.save(state, tmp_path / "c.pt")
+    model.save_npz_state_dict(state, tmp_path / "c.npz")
+    a = model.load_clip(checkpoint=tmp_path / "c.pt").model.state_dict()
+    b = model.load_clip(checkpoint=tmp_path / "c.npz").model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "c.npz").stat().st_size < (tmp_path / "c.pt").stat().st_size / 4
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as z:  # plain arrays, nothing else
+        assert {str(z[k].dtype) for k in z.files} <= {"float16", "float32", "int64"}

@@ -22,10 +22,12 @@ rule train_clip:
         script=script("train_clip"),
         data=f"{DATA}/synthetic",
         p=lambda w: vcfg(w.variant)["model"]["pretrain"],
+        stream=lambda w: "--stream " if vcfg(w.variant)["model"]["pretrain"]["stream"] else "",
     shell:
         "{params.script} --data {params.data} --out {output.ckpt} "
         "--summary {output.summary} --steps {params.p[steps]} --batch-size {params.p[batch_size]} "
         "--seed {params.p[seed]} --image-size {params.p[image_size]} "
         "--patch-size {params.p[patch_size]} --vision-layers {params.p[vision_layers]} "
         "--vision-width {params.p[vision_width]} --corpus {params.p[corpus]} --pool {params.p[pool]} "
+        "{params.stream}"
         "--threads {threads} > {log} 2>&1"
