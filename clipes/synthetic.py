@@ -1,9 +1,11 @@
 """A synthetic WSSS dataset generated from a seed: shapes on textured backgrounds.
 
 Each image shows one to three shapes of distinct classes on a named background texture.
-A shape takes its class's typical colour 60% of the time and a random colour otherwise,
-so colour is a cue but shape is needed to tell every instance's class. The folder is laid out as a custom dataset (see :func:`clipes.datasets.load_custom`)
-plus captions for training a tiny CLIP:
+Every class has its own colour and shape (a red circle, a blue square, ...); backgrounds
+are textures in greys and earth tones that no class uses, so a tiny CLIP trained for a few
+minutes recognises the classes and its CAMs can find them: the demo shows what each stage
+of the method does, not how hard recognition is. The folder is laid out as a custom
+dataset (see :func:`clipes.datasets.load_custom`) plus captions for training a tiny CLIP:
 
     ROOT/images/<id>.png      RGB image
     ROOT/masks/<id>.png       ground truth: 0 background, k + 1 shape class k
@@ -27,11 +29,11 @@ from .io import atomic_path, save_mask, write_text
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring")
 BACKGROUNDS = ("stripes", "dots", "checkerboard", "noise", "plain")
-# Each class has a typical colour, used for part of its instances: colour is a cue, but
-# only shape tells the class of the others (colour alone would make the demo trivial).
+# Each class has its colour; TYPICAL_COLOUR_RATE is the share of instances drawn in it
+# (the others take a random colour of COLOURS, which makes recognition a matter of shape).
 TYPICAL_COLOUR = {"circle": "red", "square": "blue", "triangle": "green", "cross": "yellow",
                   "ring": "purple"}
-TYPICAL_COLOUR_RATE = 0.6
+TYPICAL_COLOUR_RATE = 1.0
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220),
     "yellow": (235, 210, 40), "purple": (150, 60, 190), "orange": (240, 140, 30),
@@ -39,11 +41,18 @@ COLOURS = {
 }
 
 
+# background textures: greys and earth tones, none of them a class colour
+BG_COLOURS = ((120, 120, 120), (90, 90, 90), (150, 140, 120), (110, 100, 80), (70, 80, 90),
+              (160, 160, 150), (130, 115, 100), (95, 105, 100))
+# image sizes: the WSSS images (each stage runs at the image's own size, as on VOC) and the
+# tiny CLIP's training pairs (resized to its 96-pixel input)
+IMAGE_SIZES = ((144, 144), (144, 180))
+CAPTION_SIZES = ((96, 96), (96, 120))
+
+
 def _background(rng, kind: str, h: int, w: int) -> Image.Image:
-    names = list(COLOURS)
-    c1, c2 = (np.array(COLOURS[names[i]]) for i in rng.choice(len(names), 2, replace=False))
-    c1 = (0.5 * c1 + 60).astype(np.uint8)  # muted, so shapes stand out by contrast
-    c2 = (0.5 * c2 + 60).astype(np.uint8)
+    c1, c2 = (np.array(BG_COLOURS[i], np.uint8)
+              for i in rng.choice(len(BG_COLOURS), 2, replace=False))
     yy, xx = np.mgrid[0:h, 0:w]
     period = int(rng.integers(6, 14))
     if kind == "stripes":
@@ -120,7 +129,7 @@ def make_sample(rng, size_hw: tuple[int, int]):
 
 
 def generate(root, seed: int = 0, n_train: int = 200, n_val: int = 60,
-             sizes: tuple[tuple[int, int], ...] = ((96, 96), (96, 120))) -> Path:
+             sizes: tuple[tuple[int, int], ...] = IMAGE_SIZES) -> Path:
     """Write the dataset under ``root``; the same seed gives the same bytes."""
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -158,7 +167,7 @@ def read_captions(root) -> dict[str, str]:
         return {Path(r["image"]).stem: r["caption"] for r in csv.DictReader(f)}
 
 
-def caption_corpus(seed: int, n: int, sizes=((96, 96), (96, 120))):
+def caption_corpus(seed: int, n: int, sizes=CAPTION_SIZES):
     """An in-memory image-caption corpus from the same generator (another seed): the
     demo CLIP's 'web data', disjoint from the WSSS images. Returns (RGB arrays, captions)."""
     rng = np.random.default_rng(seed)
@@ -171,7 +180,7 @@ def caption_corpus(seed: int, n: int, sizes=((96, 96), (96, 120))):
     return images, captions
 
 
-def stream_pairs(rng, n: int, sizes=((96, 96), (96, 120))):
+def stream_pairs(rng, n: int, sizes=CAPTION_SIZES):
     """n fresh image-caption pairs drawn from ``rng`` (the streamed pre-training data of
     the demo CLIP: every step sees new images). Returns (RGB arrays, captions)."""
     images, captions = [], []

@@ -109,3 +109,13 @@ def test_gpu_benchmark_script_runs_its_steps_on_the_cpu(tmp_path):
                     ("batched bf16", "batched fp32, same device")}
     for heading in ("## CAM stage", "## CRF stage", "## Segmentation training", "## Parity"):
         assert heading in md
+
+
+def test_demo_seeds_benchmark_prints_mean_and_spread_per_stage(tmp_path):
+    proc = run_benchmark("demo_seeds", "--seeds", "0", "1", "--steps", "2", "--n-train", "6",
+                         "--n-val", "2", "--workdir", tmp_path / "w")
+    table = proc.stdout[proc.stdout.index("| stage |"):]
+    assert "| seed 0 | seed 1 | mean | sd |" in table
+    for stage in ("initial CAM", "+ CAA", "CRF pseudo masks (CAA)", "CRF pseudo masks (no CAA)",
+                  "trivial: centre box"):
+        assert f"| {stage}" in table, table
