@@ -24,7 +24,10 @@ def make_plan(cfg, root="."):
 
 
 def demo(**variants):
+    """The demo config, with the tiny CLIP trained by the workflow (model.pretrain) instead
+    of the shipped one, so that pre-training is a stage the variants can share."""
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["model"] = {"pretrain": {"enabled": True, "steps": 5}}
     if variants:
         cfg["variants"] = variants
     return cfg
@@ -101,6 +104,10 @@ def test_report_arguments_follow_what_each_variant_ran():
     assert "results/demo/base/benchmarks:train_clip" in args  # pre-training shared with base
     full = p.report_args("base", p.report_inputs("base"))
     assert "segmentation=results/demo/base/eval/segmentation_val.json" in full
+    shipped = make_plan(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    assert shipped.model_args("base") == "--checkpoint resources/demo_clip.npz"
+    assert shipped.model_input("base") == ["resources/demo_clip.npz"]
+    assert "benchmarks:train_clip" not in shipped.report_args("base", shipped.report_inputs("base"))
     assert "--val-split results/demo/data/synthetic/val.txt" in full
     assert p.all_targets()[-1] == "reports/metrics/demo.json"
 

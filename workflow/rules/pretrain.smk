@@ -22,7 +22,9 @@ rule train_clip:
         script=script("train_clip"),
         data=f"{DATA}/synthetic",
         p=lambda w: vcfg(w.variant)["model"]["pretrain"],
-        stream=lambda w: "--stream " if vcfg(w.variant)["model"]["pretrain"]["stream"] else "",
+        stream=lambda w: (
+            "--stream " if vcfg(w.variant)["model"]["pretrain"]["stream"] else ""
+        ),
     shell:
         "{params.script} --data {params.data} --out {output.ckpt} "
         "--summary {output.summary} --steps {params.p[steps]} --batch-size {params.p[batch_size]} "
