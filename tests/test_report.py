@@ -102,6 +102,27 @@ def test_comparison_report_deltas(tmp_path):
     assert "data:image/png;base64," in html
 
 
+def test_comparison_seed_column_says_n_a_where_no_network_was_trained(tmp_path):
+    import pandas as pd
+
+    seg = {"mIoU": 0.5}
+    t = pd.DataFrame([{"stage": "CAMs + CAA", "wall_s": 2.0, "cpu_s": 1, "peak_mem_mb": 1,
+                       "jobs": 1, "images_per_s": 1}])
+    runs = {
+        "base": {"evals": {"cams": {"at_chosen": {"mIoU": 0.5}}, "segmentation": seg,
+                           "segmentation_seed1": {"mIoU": 0.54}}, "config": {"segmentation": {"seed": 0}}},
+        "one_seed": {"evals": {"cams": {"at_chosen": {"mIoU": 0.5}}, "segmentation": seg}},
+        "no_seg": {"evals": {"cams": {"at_chosen": {"mIoU": 0.5}}}},
+    }
+    for r in runs.values():
+        r["timing"] = t
+    df = report.render_comparison("demo", runs, "base", tmp_path / "c.html", tmp_path / "c.md")
+    seeds = df.set_index("variant")["seeds"]
+    assert seeds["base"] == "52.00 ± 2.83 (n=2)" and seeds["one_seed"] == "" and seeds["no_seg"] == "n/a"
+    for f in ("c.html", "c.md"):
+        assert "nan" not in (tmp_path / f).read_text().lower().replace("nanum", "")
+
+
 def test_trivial_baselines_on_known_masks(tmp_path):
     from PIL import Image
 

@@ -283,8 +283,9 @@ def comparison_frame(runs: dict[str, dict], base: str,
                 row[f"{stage} (s)"] = float(sel.iloc[0]) if len(sel) else None
         row["total (s)"] = total if not t.empty else None
         seeds = seed_summary(r["evals"], r.get("config") or {})
-        row["seeds"] = (f"{seeds['mean']:.2f} ± {seeds['std']:.2f} (n={seeds['n']})"
-                        if seeds else None)
+        # text, never None: a column of None and strings reads back as NaN ("nan" shown)
+        row["seeds"] = (f"{seeds['mean']:.2f} ± {seeds['std']:.2f} (n={seeds['n']})" if seeds
+                        else "" if r["evals"].get("segmentation") else "n/a")
         rows.append(row)
     df = pd.DataFrame(rows)
     for label, _ in QUALITY_STAGES:
