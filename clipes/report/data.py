@@ -68,6 +68,27 @@ def _best_and_worst(scored: list, n: int) -> list:
     return scored[-n:][::-1] + [t for t in scored[:n] if t not in scored[-n:]]
 
 
+def _ranked_masks(samples, mask_dirs, n: int) -> list:
+    """(IoU, sample, mask) of the n best and n worst images by per-image IoU of their mask
+    PNG (first of ``mask_dirs`` holding it) against the ground truth. Only the paths of
+    the others are kept while scoring: the chosen 2n masks are read again, not every
+    image's mask held in memory."""
+    from ..datasets import load_gt
+    from ..metrics import find_file
+
+    scored = []
+    for s in samples:
+        if s.gt is None:
+            continue
+        try:
+            path = find_file(mask_dirs, f"{s.id}.png")
+        except FileNotFoundError:
+            continue
+        mask = load_mask(path)
+        scored.append((per_image_iou(load_gt(s, mask.shape), mask), s, path))
+    return [(iou, s, load_mask(path)) for iou, s, path in _best_and_worst(scored, n)]
+
+
 def gallery_items(samples, pseudo_dirs, cam_dirs, n: int) -> list[dict]:
     """The n best and n worst training images by per-image IoU of their pseudo masks."""
     from ..camstore import load_cams
@@ -77,17 +98,8 @@ def gallery_items(samples, pseudo_dirs, cam_dirs, n: int) -> list[dict]:
 
     if n <= 0 or not samples:
         return []
-    scored = []
-    for s in samples:
-        if s.gt is None:
-            continue
-        try:
-            pseudo = load_mask(find_file(pseudo_dirs, f"{s.id}.png"))
-        except FileNotFoundError:
-            continue
-        scored.append((per_image_iou(load_gt(s, pseudo.shape), pseudo), s, pseudo))
     items = []
-    for iou, s, pseudo in _best_and_worst(scored, n):
+    for iou, s, pseudo in _ranked_masks(samples, pseudo_dirs, n):
         _, cams = load_cams(find_file(cam_dirs, f"{s.id}.npz"))
         items.append({"image": load_rgb(s.image), "gt": load_gt(s, pseudo.shape),
                       "cam": cams.astype(np.float32).max(0), "pseudo": pseudo,
@@ -99,22 +111,13 @@ def val_gallery_items(samples, pred_dirs, n: int) -> list[dict]:
     """The n best and n worst validation images by per-image IoU of the final model's
     predictions."""
     from ..datasets import load_gt
-    from ..metrics import find_file
     from ..segmentation import load_rgb
 
     if n <= 0 or not samples or not pred_dirs:
         return []
-    scored = []
-    for s in samples:
-        if s.gt is None:
-            continue
-        try:
-            pred = load_mask(find_file(pred_dirs, f"{s.id}.png"))
-        except FileNotFoundError:
-            continue
-        scored.append((per_image_iou(load_gt(s, pred.shape), pred), s, pred))
     return [{"image": load_rgb(s.image), "gt": load_gt(s, pred.shape), "pred": pred,
-             "title": f"{s.id}: IoU {100 * iou:.1f}"} for iou, s, pred in _best_and_worst(scored, n)]
+             "title": f"{s.id}: IoU {100 * iou:.1f}"}
+            for iou, s, pred in _ranked_masks(samples, pred_dirs, n)]
 
 
 def prompt_rows(path, top: int = 10) -> list[dict] | None:

@@ -14,6 +14,8 @@ from pathlib import Path
 def clip_used(config: dict) -> str:
     """The CLIP the CAM stage ran with, in words: the config dump keeps the unused
     name/pretrained defaults, so the header says which weights were actually loaded."""
+    from ..model import RANDOM_TAGS  # load_clip's own list of "no weights" tags
+
     m = config.get("model", {})
     if m.get("pretrain", {}).get("enabled"):
         p = m["pretrain"]
@@ -22,7 +24,7 @@ def clip_used(config: dict) -> str:
     if m.get("checkpoint"):
         return f"checkpoint {m['checkpoint']}"
     tag = m.get("pretrained", "openai")
-    if tag is None or str(tag).lower() in ("", "none", "null", "random"):
+    if tag is None or str(tag).lower() in RANDOM_TAGS:
         return f"{m.get('name', 'ViT-B-16')} with random weights (seed {m.get('seed', 0)})"
     return f"{m.get('name', 'ViT-B-16')} / {tag}"
 
