@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """The demo's stages over several tiny-CLIP seeds: mean and spread of each stage's mIoU.
 
-The demo runs the one tiny CLIP the repository ships (resources/demo_clip.npz, seed 0), so
+The demo runs the one tiny CLIP the repository ships (config/demo/clip.npz, seed 0), so
 its CAM, CAA and CRF numbers come from one training. This benchmark retrains the tiny CLIP
 with the same recipe (scripts/train_clip.py --stream, the steps and pooling of
-resources/README.md) for each seed, runs the demo's CAM, CRF and evaluation stages with
+config/demo/README.md) for each seed, runs the demo's CAM, CRF and evaluation stages with
 each (the workflow, in a folder of its own; no segmentation training) and prints, per
 stage, every seed's mIoU, the mean and the sample standard deviation, beside the trivial
 baselines. Each seed costs about 8 minutes of CLIP training on 2 CPU cores.

@@ -5,7 +5,7 @@ The result is an OpenAI-format checkpoint that the CAM stage loads like ViT-B-16
 pairs are the synthetic dataset's train split (--data) plus --corpus generated ones, or,
 with --stream, fresh generated pairs at every step (no --data needed). --npz also writes
 the compact data-only copy (zeroed unused token rows, compressed) the repository ships as
-resources/demo_clip.npz; how that file was made is in resources/README.md.
+config/demo/clip.npz; how that file was made is in config/demo/README.md.
 
     python scripts/train_clip.py --data results/demo/data/synthetic --out clip.pt --steps 600
     python scripts/train_clip.py --stream --steps 1000 --pool avg --out clip.pt --npz clip.npz

@@ -16,7 +16,7 @@ def subset(tmp_path_factory):
     work = tmp_path_factory.mktemp("demo_subset")
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["dataset"]["synthetic"].update(n_train=48, n_val=4)
-    cfg["model"]["checkpoint"] = str(REPO / "resources" / "demo_clip.npz")
+    cfg["model"]["checkpoint"] = str(REPO / "config" / "demo" / "clip.npz")
     cfg["text"]["select_prompt"]["enabled"] = False
     cfg["segmentation"]["enabled"] = False
     cfg["variants"] = {"base": {}, "no_caa": {"cam": {"caa": False}}}

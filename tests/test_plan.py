@@ -105,8 +105,8 @@ def test_report_arguments_follow_what_each_variant_ran():
     full = p.report_args("base", p.report_inputs("base"))
     assert "segmentation=results/demo/base/eval/segmentation_val.json" in full
     shipped = make_plan(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
-    assert shipped.model_args("base") == "--checkpoint resources/demo_clip.npz"
-    assert shipped.model_input("base") == ["resources/demo_clip.npz"]
+    assert shipped.model_args("base") == "--checkpoint config/demo/clip.npz"
+    assert shipped.model_input("base") == ["config/demo/clip.npz"]
     assert "benchmarks:train_clip" not in shipped.report_args("base", shipped.report_inputs("base"))
     assert "--val-split results/demo/data/synthetic/val.txt" in full
     assert p.all_targets()[-1] == "reports/metrics/demo.json"

@@ -93,7 +93,7 @@ def readme_commands(section: str) -> list[str]:
     body = text[start:end if end > 0 else None]
     cmds, inside = [], False
     for line in body.splitlines():
-        if line.startswith("```"):
+        if line.lstrip().startswith("```"):  # a fence, also indented under a list item
             inside = line.strip() == "```bash" if not inside else False
             continue
         if inside and line.strip() and not line.lstrip().startswith("#"):

@@ -41,8 +41,10 @@ def provenance(config: dict, repo: Path | None = None) -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    commit, dirty = _deployed_source(repo), False
+    if commit is None:  # a clone (or a module given as a local path): ask git
+        commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     versions = {}
     for mod in ("torch", "open_clip", "numpy", "pandas", "snakemake", "pydensecrf"):
         try:
@@ -58,6 +60,19 @@ def provenance(config: dict, repo: Path | None = None) -> dict:
         "git_commit": commit, "git_dirty": dirty, "versions": versions, "device": device,
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def _deployed_source(repo: Path) -> str | None:
+    """Where a deployed copy of the workflow came from (`host/owner/repo/workflow/rules@tag`):
+    the workflow writes SOURCE.json into the copy it makes of its files when Snakemake
+    fetched them (`snakedeploy`, `github(...)` modules). None for a clone, where git is
+    asked instead (a deployment folder may be a git repository of its own)."""
+    try:
+        data = json.loads((repo / "SOURCE.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get("workflow") if isinstance(data, dict) else None
+    return str(value)[:300] if value else None
 
 
 def machine_description(device: str = "cpu") -> str:

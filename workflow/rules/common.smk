@@ -14,8 +14,53 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-# the package beside this workflow; the modules imported here use the standard library only
-sys.path.insert(0, str(Path(str(workflow.current_basedir)).resolve().parents[1]))
+
+def _materialise_source():
+    """The folder holding this workflow's package and scripts. From a clone, or a module
+    given as a local path, that is the repository beside this file. From a module fetched
+    by Snakemake (github(...), gitlab(...), gitfile(...): how `snakedeploy deploy-workflow`
+    deploys), only the workflow's own files reach this machine, one by one through
+    Snakemake's source cache: the files listed in workflow/source-files.txt are copied
+    into .snakemake/clipes/source/<content digest>/ (written under a temporary name, then
+    renamed: a folder there is always complete), where the jobs run them.
+    """
+    here = Path(str(workflow.current_basedir))
+    if here.is_dir() and (here.parents[1] / "clipes" / "__init__.py").is_file():
+        return here.resolve().parents[1]
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    listed = Path(workflow.source_path("../source-files.txt")).read_text().split()
+    cached = {rel: Path(workflow.source_path(f"../../{rel}")) for rel in listed}
+    h = hashlib.sha256()
+    for rel in sorted(cached):
+        h.update(b"\0".join([rel.encode(), cached[rel].read_bytes(), b""]))
+    parent = Path(".snakemake/clipes/source")
+    root = parent / h.hexdigest()[:16]
+    if not root.is_dir():
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
+        for rel, src in cached.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tmp / rel)  # keeps the source's time: no rerun for a copy
+        origin = {"workflow": str(workflow.current_basedir)}  # host/repo/path@ref
+        (tmp / "SOURCE.json").write_text(json.dumps(origin) + "\n")
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another snakemake made it first: the same files
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root.resolve()
+
+
+# The repository this file belongs to (not the outer workflow's folder when this workflow
+# is used as a module of another one). Its package: the modules imported here use the
+# standard library only.
+REPO = _materialise_source()
+SCRIPTS = REPO / "scripts"
+PKG = REPO / "clipes"
+sys.path.insert(0, str(REPO))
 from clipes import manifest as data_manifest
 from clipes import plan as clipes_plan
 from clipes.locks import stale_lock
@@ -214,12 +259,6 @@ def voc_test_digest():
     HASHES.save()
     return value
 
-
-# The repository this file belongs to (not the outer workflow's folder when this workflow
-# is used as a module of another one).
-REPO = Path(str(workflow.current_basedir)).resolve().parents[1]
-SCRIPTS = REPO / "scripts"
-PKG = REPO / "clipes"
 
 # The code each stage runs: its script and the package modules it uses. They are inputs
 # of the rule, so editing the code of a stage reruns that stage (and what follows).
