@@ -21,6 +21,16 @@ def test_cam_scaling_benchmark_prints_one_row_per_size(tmp_path):
     assert float(rows[-1].split("|")[9]) > 100  # KB per image of the full layout, COCO sizes
 
 
+def test_cam_io_benchmark_prints_each_step_and_both_totals():
+    proc = run_benchmark("cam_io", "--images", "3", "--repeats", "1", "--mix", "voc")
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip()
+            for ln in proc.stdout.splitlines() if ln.startswith("| ") and not ln.startswith("| step")}
+    for step in ("decode", "resize (pil)", "resize (torch)", "normalise", "write (grid archive)"):
+        assert float(rows[step]) > 0, (step, proc.stdout)
+    totals = [v for k, v in rows.items() if k.startswith("**total")]
+    assert len(totals) == 2 and all(float(t.strip("*")) > 0 for t in totals)
+
+
 FAKE_AUTHORS = '''
 """Stands in for the authors' generate_cams_voc12.py: the same command line, the same
 device choice (cuda:<worker % GPU count>) and the same output files."""

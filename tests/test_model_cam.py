@@ -251,3 +251,55 @@ def test_npz_checkpoint_builds_the_same_model_as_the_pt(tmp_path):
     assert (tmp_path / "c.npz").stat().st_size < (tmp_path / "c.pt").stat().st_size / 4
     with np.load(tmp_path / "c.npz", allow_pickle=False) as z:  # plain arrays, nothing else
         assert {str(z[k].dtype) for k in z.files} <= {"float16", "float32", "int64"}
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "CMYK"])
+def test_preprocessing_keeps_the_reference_arithmetic(mode):
+    """preprocess normalises through a table of the 256 levels: the same bits as the
+    reference's operations (float32 / 255, then (x - mean) / std in torch), in every image
+    mode; the resize is PIL's bicubic in the file's own mode."""
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    arr = rng.permutation(np.repeat(np.arange(256, dtype=np.uint8), 3 * 40)).reshape(60, 128, 4)[..., :3]
+    im = Image.fromarray(np.ascontiguousarray(arr)).convert(mode)
+    for h, w in [(64, 128), (80, 160), (60, 128)]:
+        rgb = np.asarray(im.resize((w, h), Image.BICUBIC).convert("RGB"), dtype=np.float32)
+        x = torch.from_numpy(rgb / 255.0).permute(2, 0, 1)
+        want = (x - torch.tensor(cam.CLIP_MEAN).view(3, 1, 1)) / torch.tensor(cam.CLIP_STD).view(3, 1, 1)
+        got = cam.preprocess(im, (h, w))
+        assert got.dtype == torch.float32 and got.shape == (3, h, w)
+        assert torch.equal(got, want), (mode, h, w)
+
+
+def test_torch_resize_stays_near_pil_and_reaches_the_archives(tiny_clip, tmp_path):
+    """resize='torch' (a named option, not the reference): within a few levels of PIL's
+    bicubic, and the CAM stage writes its archives with it."""
+    from PIL import Image
+
+    from clipes import camstore
+    from clipes.datasets import Sample
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:75, 0:100]
+    smooth = np.stack([128 + 90 * np.sin(xx / (7 + c) + yy / 11) for c in range(3)], -1)
+    img = (smooth + rng.normal(0, 12, smooth.shape)).clip(0, 255).astype(np.uint8)
+    im = Image.fromarray(img)
+    pil = cam.resize_rgb(im, (80, 112), "pil").astype(int)
+    fast = cam.resize_rgb(im, (80, 112), "torch").astype(int)
+    assert fast.shape == pil.shape == (80, 112, 3)
+    diff = np.abs(fast - pil)
+    assert diff.max() <= 3 and (diff > 0).mean() < 0.05, (diff.max(), (diff > 0).mean())
+    assert np.array_equal(cam.resize_rgb(im, (75, 100), "torch"), img)  # same size: as is
+    with pytest.raises(ValueError, match="resize must be one of"):
+        cam.resize_rgb(im, (80, 112), "cv2")
+    p = tmp_path / "a.png"
+    im.save(p)
+    s = Sample("a", p, (0, 2), (75, 100), None, 0)
+    engine = _engine(tiny_clip, "batched", batch_size=1)
+    cam.run_dataset(engine, [s], tmp_path / "pil", progress=False)
+    cam.run_dataset(engine, [s], tmp_path / "torch", progress=False, resize="torch")
+    k1, c1 = camstore.load_cams(tmp_path / "pil" / "a.npz")
+    k2, c2 = camstore.load_cams(tmp_path / "torch" / "a.npz")
+    assert np.array_equal(k1, k2) and c1.shape == c2.shape == (2, 75, 100)

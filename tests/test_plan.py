@@ -53,6 +53,9 @@ def test_variants_merge_key_by_key_and_share_the_stages_they_agree_on():
     assert p.model_args("no_caa") == "--checkpoint results/demo/base/clip/clip.pt"
     assert p.cam_shards("strict") == ["results/demo/base/cams/shard0", "results/demo/base/cams/shard1"]
     assert p.crf_shards("strict", "crf_conf")[1] == "results/demo/strict/crf_conf/shard1"
+    fast = make_plan(demo(base={}, fast={"cam": {"resize": "torch"}}))
+    assert "--resize torch" in fast.cam_args("fast") and "--resize" not in fast.cam_args("base")
+    assert fast.owner("fast", "cams") == "fast"  # its own CAMs: the inputs differ
 
 
 @pytest.mark.parametrize("variants, words", [
