@@ -33,8 +33,15 @@ def _materialise_source():
     import tempfile
 
     listed = Path(workflow.source_path("../source-files.txt")).read_text().split()
+    bad = [r for r in listed if Path(r).is_absolute() or ".." in Path(r).parts]
+    if bad:
+        raise WorkflowError(
+            f"workflow/source-files.txt of {workflow.current_basedir} names files outside "
+            f"the workflow ({bad[0]}): use a release of the workflow as published"
+        )
     cached = {rel: Path(workflow.source_path(f"../../{rel}")) for rel in listed}
-    h = hashlib.sha256()
+    origin = {"workflow": str(workflow.current_basedir)}  # host/repo/path@ref
+    h = hashlib.sha256(json.dumps(origin).encode())  # one folder per release, too
     for rel in sorted(cached):
         h.update(b"\0".join([rel.encode(), cached[rel].read_bytes(), b""]))
     parent = Path(".snakemake/clipes/source")
@@ -45,7 +52,6 @@ def _materialise_source():
         for rel, src in cached.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / rel)  # keeps the source's time: no rerun for a copy
-        origin = {"workflow": str(workflow.current_basedir)}  # host/repo/path@ref
         (tmp / "SOURCE.json").write_text(json.dumps(origin) + "\n")
         try:
             os.rename(tmp, root)
