@@ -106,15 +106,21 @@ def check_first_stages(project, env, bare):
     return copy
 
 
+def deploy(work, commands, env):
+    """Run the README's deployment commands verbatim in a new folder `work`: (work, the
+    project folder they make, its workflow/Snakefile)."""
+    work.mkdir()
+    for cmd in commands:
+        run(work, cmd, env)
+    project = work / "my-project"
+    return work, project, (project / "workflow" / "Snakefile").read_text()
+
+
 @pytest.mark.slow
 def test_deployed_from_a_github_style_source(release):
     root, _, bare, env = release
     remote, _, run_demo = readme_deploy_commands()
-    work = root / "remote"
-    work.mkdir()
-    run(work, remote, env)  # verbatim
-    project = work / "my-project"
-    snakefile = (project / "workflow" / "Snakefile").read_text()
+    work, project, snakefile = deploy(root / "remote", [remote], env)
     assert f'github("{OWNER_REPO}", path="workflow/Snakefile", tag="{TAG}")' in snakefile
     assert (project / "config" / "config.yaml").is_file()
     assert (project / "config" / "demo" / "clip.npz").is_file()
@@ -132,12 +138,7 @@ def test_deployed_from_a_github_style_source(release):
 def test_deployed_from_a_local_clone(release):
     root, clone, bare, env = release
     _, local, _ = readme_deploy_commands()
-    work = root / "local"
-    work.mkdir()
-    for cmd in local:  # verbatim
-        run(work, cmd, env)
-    project = work / "my-project"
-    snakefile = (project / "workflow" / "Snakefile").read_text()
+    _, project, snakefile = deploy(root / "local", local, env)
     assert f'gitfile("{clone}", path="workflow/Snakefile", tag="{TAG}")' in snakefile
     # the release, not the clone's later edits: an edit after the tag is not what runs
     (clone / "scripts" / "cams.py").write_text("raise SystemExit('not the release')\n")
