@@ -75,12 +75,7 @@ def main(argv=None):
             rows[f"resize ({how})"] = cpu_ms(lambda p, how=how: cam.resize_rgb(*p, how),
                                              pairs, args.repeats)
         resized = [cam.resize_rgb(im, s) for im, s in pairs]
-
-        def normalise(rgb):
-            out = np.empty((3,) + rgb.shape[:2], dtype=np.float32)
-            for c in range(3):
-                np.take(cam._NORM[c], rgb[..., c], out=out[c])
-        rows["normalise"] = cpu_ms(normalise, resized, args.repeats)
+        rows["normalise"] = cpu_ms(cam.normalise, resized, args.repeats)
         rng = np.random.default_rng(0)
         out = Path(tmp) / "out"
         jobs = []

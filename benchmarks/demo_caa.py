@@ -39,13 +39,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def transition(a, rounds=3):
-    """CAA's transition matrix from an affinity (P, P): affinity.transition_matrix."""
-    from clipes import affinity
-
-    return affinity.transition_matrix(a, rounds)
-
-
 def main(argv=None):
     args = parse_args(argv)
     import tempfile
@@ -104,7 +97,7 @@ def main(argv=None):
 
     def caa_with(affinity_of):
         def maps(r):
-            t = transition(affinity_of(r))
+            t = affinity.transition_matrix(affinity_of(r))  # CAA's, 3 Sinkhorn rounds
             c = torch.as_tensor(r["cam"]).float()
             refined = affinity.refine(t, torch.as_tensor(r["mask"]).float(), c)
             return cam.minmax_norm(refined).numpy()

@@ -59,7 +59,8 @@ def resize_rgb(image: Image.Image, size_hw: tuple[int, int], resize: str = "pil"
     ``pil`` (the reference): PIL's bicubic resize in the file's own mode, then RGB.
     ``torch``: RGB first, then torch's antialiased bicubic on uint8, about 4x faster on a
     CPU core; it follows PIL's kernel but rounds differently: a level or two apart on about
-    1% of the values (benchmarks/cam_stage.py prints how far the CAMs move).
+    1% of the values (tests/test_model_cam.py bounds it; benchmarks/gpu.py compares the
+    labels of both on a GPU).
     """
     h, w = size_hw
     if resize == "pil":
@@ -80,7 +81,12 @@ def preprocess(image: Image.Image, size_hw: tuple[int, int], resize: str = "pil"
     Returns (3, h, w) float32. With ``resize="pil"`` this is bit-exact with the
     reference's uint8 input.
     """
-    rgb = resize_rgb(image, size_hw, resize)
+    return normalise(resize_rgb(image, size_hw, resize))
+
+
+def normalise(rgb: np.ndarray) -> torch.Tensor:
+    """(h, w, 3) uint8 RGB -> (3, h, w) float32, CLIP-normalised through the table of the
+    256 levels (:func:`_norm_table`: the reference's bits)."""
     out = np.empty((3,) + rgb.shape[:2], dtype=np.float32)
     for c in range(3):
         np.take(_NORM[c], rgb[..., c], out=out[c])

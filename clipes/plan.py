@@ -436,7 +436,7 @@ class Plan:
             args.append(f"--box-threshold {c['box_threshold']}")
         if c["max_side"] is not None:
             args.append(f"--max-side {c['max_side']}")
-        if c.get("resize", "pil") != "pil":  # the reference's resize needs no flag
+        if c["resize"] != "pil":  # the reference's resize needs no flag
             args.append(f"--resize {c['resize']}")
         args.append(f"--loaders {c['loaders']} --store {c['store']}")
         if not c["compress"]:
