@@ -6,6 +6,8 @@ entry points in ``scripts/`` and the Snakemake rules in ``workflow/`` only call 
 Modules, one per concept of the method:
 
 - :mod:`clipes.model`     loading CLIP (open_clip names or OpenAI-format files)
+- :mod:`clipes.openai_clip` OpenAI-format ViT CLIPs built without importing open_clip
+- :mod:`clipes.tokenizer` CLIP's BPE tokenizer, without importing open_clip
 - :mod:`clipes.text`      class lists, prompts, background sets, prompt selection
 - :mod:`clipes.cam`       preprocessing and softmax-GradCAM (reference / batched)
 - :mod:`clipes.affinity`  CAA: Sinkhorn affinity, box masks, refinement

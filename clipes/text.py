@@ -294,8 +294,6 @@ def encode_trimmed(model, tokens):
     positions before L independent of those after, so the features are the full context's
     up to float rounding (the matrix products change shape): about 1e-7 on unit vectors,
     for a sixth of the work. Towers without a causal mask are encoded in full."""
-    from open_clip.transformer import text_global_pool
-
     mask = getattr(model, "attn_mask", None)
     if mask is None or not hasattr(model, "positional_embedding"):
         return model.encode_text(tokens)
@@ -306,12 +304,29 @@ def encode_trimmed(model, tokens):
     x = model.token_embedding(t).to(cast) + model.positional_embedding[:n].to(cast)
     x = model.transformer(x, attn_mask=mask[:n, :n])
     x = model.ln_final(x)
-    x = text_global_pool(x, t, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    x = _pool_text(x, t, model.text_pool_type, getattr(model, "text_eos_id", None))
     proj = model.text_projection
     if proj is not None:  # as open_clip's encode_text: a Linear layer or a matrix
         import torch
 
         x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    return x
+
+
+def _pool_text(x, tokens, pool_type: str, eos_id):
+    """open_clip's pooling of text tokens (B, L, C) -> (B, C): the highest id's position
+    ("argmax", OpenAI's end token), the given end id's ("eos"), the first, the last."""
+    import torch
+
+    rows = torch.arange(x.shape[0], device=x.device)
+    if pool_type == "argmax":
+        return x[rows, tokens.argmax(dim=-1)]
+    if pool_type == "eos":
+        return x[rows, (tokens == eos_id).int().argmax(dim=-1)]
+    if pool_type == "first":
+        return x[:, 0]
+    if pool_type == "last":
+        return x[:, -1]
     return x
 
 

@@ -29,6 +29,21 @@ def clip_used(config: dict) -> str:
     return f"{m.get('name', 'ViT-B-16')} / {tag}"
 
 
+PACKAGES = {  # name in the report -> distributions that provide it
+    "open_clip": ("open_clip_torch",), "numpy": ("numpy",), "pandas": ("pandas",),
+    "snakemake": ("snakemake",), "pydensecrf": ("pydensecrf2", "pydensecrf"),
+}
+
+
+def _dist_version(dist: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def provenance(config: dict, repo: Path | None = None) -> dict:
     import torch
 
@@ -45,13 +60,9 @@ def provenance(config: dict, repo: Path | None = None) -> dict:
     if commit is None:  # a clone (or a module given as a local path): ask git
         commit = git("rev-parse", "--short", "HEAD") or "unknown"
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    versions = {}
-    for mod in ("torch", "open_clip", "numpy", "pandas", "snakemake", "pydensecrf"):
-        try:
-            m = __import__(mod)
-            versions[mod] = getattr(m, "__version__", "installed")
-        except ImportError:
-            versions[mod] = "not installed"
+    versions = {"torch": torch.__version__}  # with its build tag (+cu130), which metadata lacks
+    for mod, dists in PACKAGES.items():  # read from the installed metadata: nothing imported
+        versions[mod] = next((v for v in map(_dist_version, dists) if v), "not installed")
     device = machine_description("cuda" if torch.cuda.is_available() else "cpu")
     cfg_text = json.dumps(config, sort_keys=True)
     return {
