@@ -96,7 +96,10 @@ def load_clip(
         # the tokenizer is the same BPE for every OpenAI-format CLIP (clipes.tokenizer)
         from .tokenizer import openai_tokenizer
 
-        tokenizer = openai_tokenizer()
+        try:
+            tokenizer = openai_tokenizer()
+        except OSError as e:  # open_clip (which ships the vocabulary) missing or damaged
+            raise ClipLoadError(f"CLIP's tokenizer could not be built: {e}") from e
         ctx = net.context_length
         return Clip(_freeze(net), lambda texts: tokenizer(texts, context_length=ctx), path)
 
