@@ -14,7 +14,6 @@ takes activations and gradients.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import warnings
@@ -81,12 +80,14 @@ def load_clip(
                 f"checkpoint (e.g. ViT-B-16.pt from the OpenAI CLIP release), or leave the "
                 f"checkpoint unset to download '{model}' weights through open_clip.")
         try:
-            with warnings.catch_warnings(), no_weight_init():  # every weight comes from the file
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's notice
-                net = _load_openai_state_dict(path, device)
-                if net is None:  # another layout (a ResNet tower): open_clip's loader
-                    import open_clip
+            net = _load_openai_state_dict(path, device)
+            if net is None:  # another layout (a ResNet tower): open_clip's loader
+                import open_clip
 
+                from .openai_clip import no_weight_init
+
+                with warnings.catch_warnings(), no_weight_init():  # every weight is the file's
+                    warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's notice
                     net = open_clip.load_openai_model(path, precision="fp32", device=device)
         except Exception as e:  # corrupt file, wrong format
             raise ClipLoadError(
@@ -182,11 +183,10 @@ def save_npz_state_dict(state: dict, path) -> None:
     import numpy as np
 
     from .io import atomic_path
-    from .openai_clip import fp16_keys, round_like_openai
+    from .openai_clip import round_like_openai
 
-    half = fp16_keys(state)
-    net_state = {k: v.half() if k in half else v for k, v in round_like_openai(dict(state)).items()}
-    arrays = {k: v.detach().cpu().numpy() for k, v in net_state.items()}
+    stored = round_like_openai(state, widen=False)
+    arrays = {k: v.detach().cpu().numpy() for k, v in stored.items()}
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
@@ -198,30 +198,6 @@ def load_npz_state_dict(path) -> dict:
 
     with np.load(path, allow_pickle=False) as z:
         return {k: torch.from_numpy(z[k].copy()) for k in z.files}
-
-
-@contextlib.contextmanager
-def no_weight_init():
-    """Skip the random initialisation of modules built only to be overwritten by a
-    checkpoint (for ViT-B/16 on a CPU: about 1.5 s of a CAM job's start). open_clip loads
-    OpenAI-format files with a strict load_state_dict, so every parameter and persistent
-    buffer is replaced: the loaded weights are the same bits as with the initialisation."""
-    import torch.nn.init as init
-
-    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_")
-             and callable(getattr(init, n))]
-    saved = {n: getattr(init, n) for n in names}
-
-    def keep(tensor, *args, **kwargs):
-        return tensor
-
-    try:
-        for n in names:
-            setattr(init, n, keep)
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(init, n, f)
 
 
 RANDOM_TAGS = ("", "none", "null", "random")
