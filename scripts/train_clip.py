@@ -8,7 +8,7 @@ the compact data-only copy (zeroed unused token rows, compressed) the repository
 config/demo/clip.npz; how that file was made is in config/demo/README.md.
 
     python scripts/train_clip.py --data results/demo/data/synthetic --out clip.pt --steps 600
-    python scripts/train_clip.py --stream --steps 1000 --pool avg --out clip.pt --npz clip.npz
+    python scripts/train_clip.py --stream --steps 1000 --pool avg --group-loss 1 --out clip.pt --npz clip.npz
 """
 
 import argparse
@@ -39,6 +39,11 @@ def parse_args(argv=None):
                        help=text)
     p.add_argument("--pool", choices=["tok", "avg"], default=d.pool,
                    help="image embedding in training: CLS token (tok) or patch mean (avg)")
+    p.add_argument("--group-loss", type=float, default=d.group_loss,
+                   help="weight of the auxiliary loss that teaches the vision tower's attention "
+                   "to link patches of similar colour (0: plain CLIP training)")
+    p.add_argument("--group-sigma", type=float, default=d.group_sigma,
+                   help="colour distance (RGB in [0, 1]) within which that loss links patches")
     p.add_argument("--corpus", type=int, default=0,
                    help="extra generated image-caption pairs (another seed) beside the train split")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -46,6 +51,9 @@ def parse_args(argv=None):
     if a.data is None and not a.stream:
         p.error("--data is required unless --stream: give the synthetic dataset folder "
                 "(results/demo/data/synthetic)")
+    if a.group_loss < 0 or a.group_sigma <= 0:
+        p.error("--group-loss must be 0 or more and --group-sigma more than 0 "
+                f"(got {a.group_loss} and {a.group_sigma})")
     return a
 
 
@@ -58,7 +66,8 @@ def main(argv=None):
     cfg = pretrain.TinyClipConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                   image_size=args.image_size, patch_size=args.patch_size,
                                   vision_layers=args.vision_layers, vision_width=args.vision_width,
-                                  pool=args.pool)
+                                  pool=args.pool, group_loss=args.group_loss,
+                                  group_sigma=args.group_sigma)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if args.stream:
         summary = pretrain.train_tiny_clip(None, None, args.out, cfg, log=log,

@@ -31,5 +31,6 @@ rule train_clip:
         "--seed {params.p[seed]} --image-size {params.p[image_size]} "
         "--patch-size {params.p[patch_size]} --vision-layers {params.p[vision_layers]} "
         "--vision-width {params.p[vision_width]} --corpus {params.p[corpus]} --pool {params.p[pool]} "
+        "--group-loss {params.p[group_loss]} --group-sigma {params.p[group_sigma]} "
         "{params.stream}"
         "--threads {threads} > {log} 2>&1"
