@@ -71,6 +71,7 @@ def run(args):
         key, _, path = item.partition("=")
         evals[key] = report.load_json(path)
     cfg = yaml.safe_load(args.config.read_text())
+    evals = report.stage_evals(evals, cfg)
     ds = cli.dataset_from_args(args)
     evals["baselines"] = report.trivial_baselines(ds.samples, ds.n_classes)
     gallery = report.gallery_items(ds.samples, args.pseudo, args.cams, args.gallery) \

@@ -102,6 +102,29 @@ def test_comparison_report_deltas(tmp_path):
     assert "data:image/png;base64," in html
 
 
+def test_a_variant_without_caa_shows_no_caa_number(inputs, tmp_path):
+    """With cam.caa false the CAA stage's evaluation exists (the initial CAM scored
+    again): the reports say the stage is off instead of showing that number as CAA's."""
+    import pandas as pd
+
+    inp, out = inputs
+    assert report.stage_evals(inp.evals, {"cam": {}}) == inp.evals
+    assert report.stage_evals(inp.evals, {"cam": {"caa": True}}) == inp.evals
+    inp.config["cam"]["caa"] = False
+    inp.evals = report.stage_evals(inp.evals, inp.config)
+    assert "cams" not in inp.evals and "cams_plain" in inp.evals
+    report.render_run(inp, out / "r.html", out / "r.md")
+    md = (out / "r.md").read_text()
+    assert "| CAA | not available |" in md and "45.67" not in md and "31.23" in md
+    t = pd.DataFrame([{"stage": "CAMs + CAA", "wall_s": 2.0, "cpu_s": 1, "peak_mem_mb": 1,
+                       "jobs": 1, "images_per_s": 1}])
+    runs = {"base": {"evals": {"cams_plain": {"mIoU": 0.5}, "cams": {"mIoU": 0.6}}, "timing": t},
+            "no_caa": {"evals": report.stage_evals({"cams_plain": {"mIoU": 0.5}, "cams": {"mIoU": 0.5}},
+                                                   {"cam": {"caa": False}}), "timing": t}}
+    report.render_comparison("demo", runs, "base", tmp_path / "c.html", tmp_path / "c.md")
+    assert "| no_caa | 50.00 | 0.00 | n/a | n/a |" in (tmp_path / "c.md").read_text()
+
+
 def test_comparison_seed_column_says_n_a_where_no_network_was_trained(tmp_path):
     import pandas as pd
 

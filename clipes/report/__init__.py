@@ -15,8 +15,8 @@ place as missing, never as zeros.
 The names below are the interface ``scripts/report.py`` and the tests use.
 """
 
-from .data import (RunInputs, gallery_items, load_json, read_benchmarks, trivial_baselines,
-                   val_gallery_items)
+from .data import (RunInputs, gallery_items, load_json, read_benchmarks, stage_evals,
+                   trivial_baselines, val_gallery_items)
 from .figures import write_train_curves
 from .provenance import clip_used, machine_description, provenance
 from .render import md_block, md_code, md_escape, render_comparison, render_run
@@ -25,6 +25,7 @@ from .tables import metrics_summary, override_note, quality_table, seed_summary
 __all__ = [
     "RunInputs", "clip_used", "gallery_items", "load_json", "machine_description", "md_block",
     "md_code", "md_escape", "metrics_summary", "override_note", "provenance", "quality_table",
-    "read_benchmarks", "render_comparison", "render_run", "seed_summary", "trivial_baselines",
+    "read_benchmarks", "render_comparison", "render_run", "seed_summary", "stage_evals",
+    "trivial_baselines",
     "val_gallery_items", "write_train_curves",
 ]

@@ -26,6 +26,15 @@ class RunInputs:
     seg_info: dict | None = None  # train_info.json: protocol, init, whether it is the paper's
 
 
+def stage_evals(evals: dict, config: dict) -> dict:
+    """The evaluations a run report shows. With ``cam.caa`` false the CAA stage's maps are
+    the initial CAM's, so their evaluation is not a CAA number: it is left out, and every
+    table says the stage is off (the initial CAM row keeps the number)."""
+    if (config.get("cam") or {}).get("caa", True) is False:
+        return {k: v for k, v in evals.items() if k != "cams"}
+    return dict(evals)
+
+
 def load_json(path) -> dict | None:
     return json.loads(Path(path).read_text()) if path and Path(path).is_file() else None
 
