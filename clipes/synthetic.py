@@ -1,10 +1,12 @@
 """A synthetic WSSS dataset generated from a seed: shapes on textured backgrounds.
 
 Each image shows one to three shapes of distinct classes on a named background texture.
-Every class has its own colour and shape (a red circle, a blue square, ...); backgrounds
-are textures in greys and earth tones that no class uses, so a tiny CLIP trained for a few
-minutes recognises the classes and its CAMs can find them: the demo shows what each stage
-of the method does, not how hard recognition is. The folder is laid out as a custom
+Every class has its own colour and shape (a red circle, a blue square, ...), shaded as if
+lit from the front: saturated at the centre, paler towards the rim, so a CAM finds an
+object's centre first and CAA has the rest to complete; backgrounds are textures in greys
+and earth tones that no class uses, so a tiny CLIP trained for a few minutes recognises
+the classes and its CAMs can find them: the demo shows what each stage of the method
+does, not how hard recognition is. The folder is laid out as a custom
 dataset (see :func:`clipes.datasets.load_custom`) plus captions for training a tiny CLIP:
 
     ROOT/images/<id>.png      RGB image
@@ -34,6 +36,11 @@ BACKGROUNDS = ("stripes", "dots", "checkerboard", "noise", "plain")
 TYPICAL_COLOUR = {"circle": "red", "square": "blue", "triangle": "green", "cross": "yellow",
                   "ring": "purple"}
 TYPICAL_COLOUR_RATE = 1.0
+# objects are shaded as if lit from the front: the class colour is saturated at the centre
+# and fades FADE of the way to white at the rim, so a CAM finds the centre before the rim
+# (as Grad-CAM finds an object's most discriminative parts first) and CAA has an object
+# to complete
+FADE = 0.5
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220),
     "yellow": (235, 210, 40), "purple": (150, 60, 190), "orange": (240, 140, 30),
@@ -102,13 +109,29 @@ def draw_shape(img: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw, kind: str, c
         mask.polygon(pts, fill=label)
 
 
+def object_mask(kind: str, cx, cy, r, angle, size_hw: tuple[int, int]) -> np.ndarray:
+    """Where one shape lies: (H, W) bool."""
+    h, w = size_hw
+    one = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(one)
+    draw_shape(draw, draw, kind, cx, cy, r, angle, 1, 1)
+    return np.asarray(one) > 0
+
+
+def shade(colour, dist: np.ndarray, fade: float = FADE) -> np.ndarray:
+    """The class colour lit from the front: saturated at the centre (dist 0), ``fade`` of
+    the way to white at the rim (dist 1). dist (H, W) -> (H, W, 3) float32."""
+    c = np.asarray(colour, np.float32)
+    return c + (255 - c) * fade * np.clip(dist, 0, 1)[..., None].astype(np.float32)
+
+
 def make_sample(rng, size_hw: tuple[int, int]):
     """One image: (RGB uint8 (H, W, 3), mask (H, W) uint8, class names, background, caption)."""
     h, w = size_hw
     bg = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    img = _background(rng, bg, h, w)
-    mask = Image.new("L", (w, h), 0)
-    d_img, d_mask = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+    img = np.asarray(_background(rng, bg, h, w), np.float32).copy()
+    mask = np.zeros((h, w), np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
     n = int(rng.choice([1, 1, 2, 2, 3]))
     kinds = [CLASSES[i] for i in rng.choice(len(CLASSES), n, replace=False)]
     for kind in kinds:
@@ -118,14 +141,14 @@ def make_sample(rng, size_hw: tuple[int, int]):
             cname = TYPICAL_COLOUR[kind]
         else:
             cname = list(COLOURS)[rng.integers(len(COLOURS))]
-        draw_shape(d_img, d_mask, kind, cx, cy, r, float(rng.uniform(0, math.pi)),
-                   COLOURS[cname], CLASSES.index(kind) + 1)
-    m = np.asarray(mask)
-    present = [k for k in kinds if (m == CLASSES.index(k) + 1).sum() >= 12]  # not fully hidden
+        inside = object_mask(kind, cx, cy, r, float(rng.uniform(0, math.pi)), (h, w))
+        img[inside] = shade(COLOURS[cname], np.hypot(xx - cx, yy - cy) / r)[inside]
+        mask[inside] = CLASSES.index(kind) + 1
+    present = [k for k in kinds if (mask == CLASSES.index(k) + 1).sum() >= 12]  # not fully hidden
     # colours are left out of the caption: a CLIP trained on colour words learns them
     # instead of the class words the CAM stage asks about
     caption = "a photo of " + " and ".join(f"a {k}" for k in kinds if k in present) + f" on {bg}."
-    return np.asarray(img), m, present, bg, caption
+    return img.round().astype(np.uint8), mask, present, bg, caption
 
 
 def generate(root, seed: int = 0, n_train: int = 200, n_val: int = 60,

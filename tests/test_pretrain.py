@@ -81,3 +81,21 @@ def test_grouping_loss_teaches_the_attention_the_target(tmp_path):
                                                              text_layers=1),
                                      log=logs.append, stream=synthetic.stream_pairs)
     assert "final_grouping_loss" not in plain and "grouping" not in logs[-1]
+
+
+def test_objects_are_shaded_from_a_saturated_centre_to_a_pale_rim():
+    red = synthetic.COLOURS["red"]
+    ramp = synthetic.shade(red, np.array([[0.0, 0.5, 1.0, 2.0]]))[0]
+    np.testing.assert_allclose(ramp[0], red)
+    np.testing.assert_allclose(ramp[2], np.asarray(red) + (255 - np.asarray(red)) * synthetic.FADE)
+    np.testing.assert_allclose(ramp[3], ramp[2])  # beyond the rim: the rim's tint
+    assert (np.diff(ramp, axis=0) >= 0).all()
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        img, mask, present, _, _ = synthetic.make_sample(rng, (144, 180))
+        for name in present:
+            c = np.asarray(synthetic.COLOURS[synthetic.TYPICAL_COLOUR[name]], np.float64)
+            px = img[mask == synthetic.CLASSES.index(name) + 1].astype(np.float64)
+            t = (px - c) / (255 - c)  # every pixel on the way from the class colour to white
+            assert np.ptp(t, axis=1).max() < 0.05 and t.min() > -0.01
+            assert t.max() <= synthetic.FADE + 0.01 and np.ptp(t) > 0.2, name
