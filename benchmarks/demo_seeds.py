@@ -7,7 +7,8 @@ with the same recipe (scripts/train_clip.py --stream, the steps, pooling and gro
 config/demo/README.md) for each seed, runs the demo's CAM, CRF and evaluation stages with
 each (the workflow, in a folder of its own; no segmentation training) and prints, per
 stage, every seed's mIoU, the mean and the sample standard deviation, beside the trivial
-baselines. Each seed costs about 9 minutes of CLIP training on 2 CPU cores.
+baselines. The CLIP trainings run on one thread each, two side by side on 2 CPU cores
+(about 17 minutes a pair); three seeds took 32 minutes in all on the development machine.
 
     python benchmarks/demo_seeds.py --seeds 0 1 2 --workdir /tmp/demo_seeds
     python benchmarks/demo_seeds.py --seeds 0 --steps 20 --n-train 24 --n-val 8 --workdir /tmp/ds

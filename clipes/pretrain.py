@@ -184,8 +184,8 @@ def train_tiny_clip(images: list | None, captions: list[str] | None, out: Path,
             model.logit_scale.clamp_(0, np.log(100))
         losses.append(loss.item())
         if log and (step % 50 == 0 or step == 1):
-            group = f" (grouping {np.mean(group_losses[-50:]):.3f})" if group_losses else ""
-            log(f"step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.3f}{group} "
+            grouping = f" (grouping {np.mean(group_losses[-50:]):.3f})" if group_losses else ""
+            log(f"step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.3f}{grouping} "
                 f"({time.time() - t0:.0f} s)")
         if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
             break

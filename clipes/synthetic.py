@@ -120,7 +120,7 @@ def object_mask(kind: str, cx, cy, r, angle, size_hw: tuple[int, int]) -> np.nda
 
 def shade(colour, dist: np.ndarray, fade: float = FADE) -> np.ndarray:
     """The class colour lit from the front: saturated at the centre (dist 0), ``fade`` of
-    the way to white at the rim (dist 1). dist (H, W) -> (H, W, 3) float32."""
+    the way to white at the rim (dist 1). dist (...) -> (..., 3) float32."""
     c = np.asarray(colour, np.float32)
     return c + (255 - c) * fade * np.clip(dist, 0, 1)[..., None].astype(np.float32)
 
@@ -142,7 +142,7 @@ def make_sample(rng, size_hw: tuple[int, int]):
         else:
             cname = list(COLOURS)[rng.integers(len(COLOURS))]
         inside = object_mask(kind, cx, cy, r, float(rng.uniform(0, math.pi)), (h, w))
-        img[inside] = shade(COLOURS[cname], np.hypot(xx - cx, yy - cy) / r)[inside]
+        img[inside] = shade(COLOURS[cname], np.hypot(xx[inside] - cx, yy[inside] - cy) / r)
         mask[inside] = CLASSES.index(kind) + 1
     present = [k for k in kinds if (mask == CLASSES.index(k) + 1).sum() >= 12]  # not fully hidden
     # colours are left out of the caption: a CLIP trained on colour words learns them

@@ -26,6 +26,5 @@ __all__ = [
     "RunInputs", "clip_used", "gallery_items", "load_json", "machine_description", "md_block",
     "md_code", "md_escape", "metrics_summary", "override_note", "provenance", "quality_table",
     "read_benchmarks", "render_comparison", "render_run", "seed_summary", "stage_evals",
-    "trivial_baselines",
-    "val_gallery_items", "write_train_curves",
+    "trivial_baselines", "val_gallery_items", "write_train_curves",
 ]
