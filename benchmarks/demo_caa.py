@@ -58,8 +58,9 @@ def main(argv=None):
     data = args.workdir / "synthetic"
     if not (data / "train.txt").is_file():
         synthetic.generate(data, seed=args.seed, n_train=args.images, n_val=1)
+    # the demo's background words (the workflow passes the dataset's background.txt)
     ds = datasets.load("synthetic", data, data / "train.txt", classes=list(synthetic.CLASSES),
-                       labels_csv=data / "labels.csv")
+                       labels_csv=data / "labels.csv", background=list(synthetic.BACKGROUNDS))
     samples = ds.samples[:args.images]
     clip = load_clip(checkpoint=args.checkpoint)
     fg, bg = text.dataset_text_features(clip, ds.classes, ds.background, "a photo of a {}.")

@@ -160,6 +160,40 @@ def test_trivial_baselines_on_known_masks(tmp_path):
     assert b["all background"] == pytest.approx((48 / 64) / 2)
 
 
+def test_accuracy_on_the_ignored_pixels_is_counted_from_both_evaluations(tmp_path):
+    """The pseudo-mask row says how right the CRF labels are on the pixels CGL ignores;
+    the number, derived from the two evaluations, equals a direct count."""
+    from clipes import io, metrics
+    from clipes.datasets import Sample
+
+    rng = np.random.default_rng(0)
+    samples, right_ignored, n_ignored = [], 0, 0
+    for d in ("gt", "crf", "masks"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        gt = rng.integers(0, 3, (12, 16)).astype(np.uint8)
+        gt[0, :4] = 255  # not scored
+        labels = np.where(rng.random(gt.shape) < 0.7, gt, rng.integers(0, 3, gt.shape)).astype(np.uint8)
+        labels[gt == 255] = 1
+        ignored = rng.random(gt.shape) < 0.2
+        valid = gt != 255
+        right_ignored += int((ignored & valid & (labels == gt)).sum())
+        n_ignored += int((ignored & valid).sum())
+        io.save_mask(tmp_path / "gt" / f"{i}.png", gt)
+        io.save_mask(tmp_path / "crf" / f"{i}.png", labels)
+        io.save_mask(tmp_path / "masks" / f"{i}.png", np.where(ignored, 255, labels).astype(np.uint8))
+        samples.append(Sample(str(i), tmp_path / f"{i}.jpg", (0,), gt.shape, tmp_path / "gt" / f"{i}.png"))
+    evals = {"crf_labels": metrics.evaluate_mask_dir(samples, tmp_path / "crf", 3),
+             "pseudo_masks": metrics.evaluate_mask_dir(samples, tmp_path / "masks", 3)}
+    row = {r["key"]: r for r in report.quality_table(evals)}["pseudo_masks"]
+    assert row["ignored"]["right_ignored"] == pytest.approx(100 * right_ignored / n_ignored)
+    assert row["ignored"]["ignored"] == pytest.approx(100 * (1 - evals["pseudo_masks"]["coverage"]))
+    assert f"{100 * right_ignored / n_ignored:.1f}% of the" in row["note"]
+    # without the CRF labels' evaluation (or with other images) nothing is claimed
+    evals["crf_labels"]["n_images"] = 2
+    assert "ignored" not in {r["key"]: r for r in report.quality_table(evals)}["pseudo_masks"]
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 

@@ -128,6 +128,23 @@ def seed_summary(evals: dict, config: dict) -> dict | None:
     return {"seeds": per, "mean": float(v.mean()), "std": float(v.std(ddof=1)), "n": len(v)}
 
 
+def ignored_pixel_accuracy(crf_labels: dict | None, pseudo: dict | None) -> dict | None:
+    """How right the CRF labels are on the pixels CGL ignores, and on those it keeps (%).
+
+    Both evaluations count the valid ground-truth pixels of the same images: the CRF
+    labels all of them (pixel accuracy a), the pseudo masks only the confident share c
+    (pixel accuracy k over those), so the ignored pixels' accuracy is (a - k c) / (1 - c).
+    None when either is missing, they cover other images, or nothing is ignored."""
+    if not crf_labels or not pseudo or miou_of(crf_labels) is None or miou_of(pseudo) is None:
+        return None
+    a, k, c = crf_labels.get("pixel_acc"), pseudo.get("pixel_acc"), pseudo.get("coverage")
+    if None in (a, k, c) or not 0 < c < 1 or crf_labels.get("n_images") != pseudo.get("n_images"):
+        return None
+    inside = (a - k * c) / (1 - c)
+    return {"ignored": 100 * (1 - c), "right_ignored": 100 * min(1.0, max(0.0, inside)),
+            "right_kept": 100 * k}
+
+
 def quality_table(evals: dict[str, dict | None], config: dict | None = None) -> list[dict]:
     rows = []
     for label, key in QUALITY_STAGES:
@@ -150,6 +167,13 @@ def quality_table(evals: dict[str, dict | None], config: dict | None = None) -> 
                                + ", ".join(f"p={p}: {100 * v:.2f}" for p, v in ev["by_power"].items()))
             elif ev.get("coverage") is not None and ev["coverage"] < 1:
                 row["note"] = f"confident pixels only ({100 * ev['coverage']:.1f}% of the labelled pixels)"
+                cgl = ignored_pixel_accuracy(evals.get("crf_labels"), ev) \
+                    if key == "pseudo_masks" else None
+                if cgl:
+                    row["ignored"] = cgl
+                    row["note"] += (f"; the CRF labels are right on {cgl['right_ignored']:.1f}% of "
+                                    f"the {cgl['ignored']:.1f}% ignored (CGL) and on "
+                                    f"{cgl['right_kept']:.1f}% of the kept")
             if ev.get("n_without_gt"):
                 row["note"] = (row.get("note", "") + f"; {ev['n_without_gt']} images without "
                                f"a ground-truth mask left out").lstrip("; ")
