@@ -140,3 +140,36 @@ def test_demo_caa_benchmark_prints_every_affinity_and_the_ceiling(tmp_path):
     # the ground truth, pooled on the grid and read back like a CAM, scores high: the grid,
     # the masks and the evaluation line up (about 85 on the demo's images)
     assert rows["ground truth pooled on the patch grid (ceiling)"] > 50, rows
+
+
+def test_cgl_confidence_benchmark_agrees_with_the_crf_stage(tmp_path):
+    """On demo images with the shipped CLIP's CAMs: the share the benchmark says the 0.95
+    threshold ignores is the share the CRF stage's pseudo masks leave out, and each row's
+    error rates add up to the overall one."""
+    from conftest import REPO, run_script
+
+    from clipes import datasets, metrics, synthetic
+
+    d = synthetic.generate(tmp_path / "data", seed=0, n_train=6, n_val=1)
+    data = ["--dataset", "synthetic", "--root", d, "--split", d / "train.txt", "--labels",
+            d / "labels.csv", "--classes", d / "classes.yaml", "--background", d / "background.txt"]
+    run_script("cams", *data, "--checkpoint", REPO / "config" / "demo" / "clip.npz",
+               "--out", tmp_path / "cams")
+    run_script("crf", *data, "--cams", tmp_path / "cams", "--out", tmp_path / "masks")
+    ds = datasets.load("synthetic", d, d / "train.txt", classes=list(synthetic.CLASSES),
+                       labels_csv=d / "labels.csv")
+    coverage = metrics.evaluate_mask_dir(ds.samples, tmp_path / "masks", ds.n_classes)["coverage"]
+
+    out = run_benchmark("cgl_confidence", *data, "--cams", tmp_path / "cams",
+                        "--thresholds", "0.95", "0.9999").stdout
+    overall = float(out.split("wrong on ")[1].split("%")[0])
+    rows = {ln.split("|")[1].strip(): [float(c) if c.strip() != "n/a" else 0.0
+                                       for c in ln.strip().strip("|").split("|")[1:]]
+            for ln in out.splitlines() if ln.startswith("| 0.")}
+    assert set(rows) == {"0.95", "0.9999"}, out
+    assert rows["0.95"][0] == pytest.approx(100 * (1 - coverage), abs=0.006)
+    for ignored, wrong_ignored, wrong_kept, share in rows.values():  # n/a: nothing in that part
+        mixed = (ignored * wrong_ignored + (100 - ignored) * wrong_kept) / 100
+        assert mixed == pytest.approx(overall, abs=0.02), out
+        assert share == pytest.approx(ignored * wrong_ignored / overall, abs=0.1), out
+    assert rows["0.9999"][0] >= rows["0.95"][0]

@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Benchmark: does the CRF's confidence single out the pseudo masks' errors?
+
+CGL (the confidence-guided loss) trains the segmentation network without the pixels whose
+max CRF probability is below a threshold (0.95 in the paper). That helps only where the
+wrong labels are the unsure ones. This script reruns the CRF stage's computation (the
+reference recipe, as scripts/crf.py) on the CAM archives of a finished run and prints,
+against the ground truth:
+
+- the share of wrong CRF labels and the commonest confusions among them (ground truth
+  class -> CRF label, as a share of all wrong pixels);
+- for each threshold: the share of pixels ignored, the error rate of the ignored and of
+  the kept pixels, and the share of all wrong pixels that are ignored.
+
+The demo (after `snakemake --cores all`):
+
+    python benchmarks/cgl_confidence.py --dataset synthetic --root results/demo/data/synthetic \\
+        --split results/demo/data/synthetic/train.txt \\
+        --labels results/demo/data/synthetic/labels.csv \\
+        --classes results/demo/data/synthetic/classes.yaml \\
+        --background results/demo/data/synthetic/background.txt \\
+        --cams results/demo/base/cams/shard0 results/demo/base/cams/shard1 --jobs 2
+"""
+
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clipes import camstore, cli, crf, datasets, metrics  # noqa: E402
+
+THRESHOLDS = (0.5, 0.9, 0.95, 0.99, 0.999, 0.9999)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    cli.add_dataset_args(p)
+    p.add_argument("--cams", required=True, type=Path, nargs="+",
+                   help="folder(s) of <id>.npz CAM archives (the CAM stage's shards)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS),
+                   help="confidence thresholds to tabulate (the paper's is 0.95)")
+    p.add_argument("--image-input", choices=["reference", "rgb"], default="reference",
+                   help="the CRF's image, as scripts/crf.py --image-input")
+    p.add_argument("--images", type=int, help="only the first N images of the split")
+    p.add_argument("--confusions", type=int, default=5, help="commonest confusions to list")
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    return p.parse_args(argv)
+
+
+def one_image(sample, cam_dirs, n_classes: int, thresholds, image_input: str):
+    """Counts of one image: confusion of the valid pixels (n, n) int64, and per threshold
+    (pixels ignored, wrong pixels ignored)."""
+    import numpy as np
+
+    keys, cams = camstore.load_cams(metrics.find_file(cam_dirs, f"{sample.id}.npz"))
+    image = crf.crf_image(sample.image) if image_input == "reference" else crf.rgb_image(sample.image)
+    labels, _, conf = crf.crf_pseudo_mask(image, keys, cams, crf.CrfParams(image_input=image_input))
+    gt = datasets.load_gt(sample, labels.shape, n_classes)
+    valid = gt < n_classes  # 255 (ignore) left out
+    g, lab, c = gt[valid].astype(np.int64), labels[valid].astype(np.int64), conf[valid]
+    cm = np.bincount(g * n_classes + lab, minlength=n_classes ** 2).reshape(n_classes, n_classes)
+    wrong = g != lab
+    per_t = [(int((c < t).sum()), int((wrong & (c < t)).sum())) for t in thresholds]
+    return cm, per_t
+
+
+def main(argv=None):
+    import numpy as np
+
+    args = parse_args(argv)
+    if any(not 0 < t <= 1 for t in args.thresholds):
+        raise datasets.DatasetError(f"--thresholds {args.thresholds}: each must be in (0, 1]")
+    ds = cli.dataset_from_args(args, need_gt=True)
+    samples = [s for s in ds.samples if s.gt is not None][:args.images]
+    if not samples:
+        raise datasets.DatasetError(f"{args.root}: no image of the split has a ground-truth mask")
+    n = ds.n_classes
+    cm = np.zeros((n, n), np.int64)
+    per_t = np.zeros((len(args.thresholds), 2), np.int64)
+    work = ([s, args.cams, n, args.thresholds, args.image_input] for s in samples)
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(one_image, *zip(*work), chunksize=4))
+    else:
+        results = [one_image(*w) for w in work]
+    for c, t in results:
+        cm += c
+        per_t += np.asarray(t)
+    total = int(cm.sum())
+    n_wrong = total - int(np.trace(cm))
+    names = ds.class_names
+    print(f"{len(samples)} images, {total:,} pixels scored; CRF labels wrong on "
+          f"{100 * n_wrong / total:.2f}%")
+    if n_wrong:
+        off = cm.copy()
+        np.fill_diagonal(off, 0)
+        order = np.argsort(off, axis=None)[::-1][:args.confusions]
+        print("\n| ground truth -> CRF label | share of the wrong pixels (%) |\n|---|---|")
+        for flat in order:
+            i, j = divmod(int(flat), n)
+            if off[i, j]:
+                print(f"| {names[i]} -> {names[j]} | {100 * off[i, j] / n_wrong:.1f} |")
+    print("\n| threshold | ignored (%) | wrong among ignored (%) | wrong among kept (%) | "
+          "wrong pixels ignored (%) |\n|---|---|---|---|---|")
+    for t, (ign, ign_wrong) in zip(args.thresholds, per_t):
+        kept, kept_wrong = total - ign, n_wrong - ign_wrong
+        cell = (lambda a, b: f"{100 * a / b:.2f}" if b else "n/a")  # noqa: E731
+        print(f"| {t:g} | {100 * ign / total:.2f} | {cell(ign_wrong, ign)} | "
+              f"{cell(kept_wrong, kept)} | {cell(ign_wrong, n_wrong)} |")
+
+
+if __name__ == "__main__":
+    cli.run(main, fast_exit=True)
