@@ -53,18 +53,15 @@ def parse_args(argv=None):
 def one_image(sample, cam_dirs, n_classes: int, thresholds, image_input: str):
     """Counts of one image: confusion of the valid pixels (n, n) int64, and per threshold
     (pixels ignored, wrong pixels ignored)."""
-    import numpy as np
-
     keys, cams = camstore.load_cams(metrics.find_file(cam_dirs, f"{sample.id}.npz"))
-    image = crf.crf_image(sample.image) if image_input == "reference" else crf.rgb_image(sample.image)
+    image = crf.image_for(sample.image, image_input)
     labels, _, conf = crf.crf_pseudo_mask(image, keys, cams, crf.CrfParams(image_input=image_input))
     gt = datasets.load_gt(sample, labels.shape, n_classes)
-    valid = gt < n_classes  # 255 (ignore) left out
-    g, lab, c = gt[valid].astype(np.int64), labels[valid].astype(np.int64), conf[valid]
-    cm = np.bincount(g * n_classes + lab, minlength=n_classes ** 2).reshape(n_classes, n_classes)
-    wrong = g != lab
+    hist = metrics.ConfusionMatrix(n_classes).update(gt, labels).hist
+    valid = gt < n_classes  # the pixels the confusion counts (255, ignore, left out)
+    c, wrong = conf[valid], (gt != labels)[valid]
     per_t = [(int((c < t).sum()), int((wrong & (c < t)).sum())) for t in thresholds]
-    return cm, per_t
+    return hist, per_t
 
 
 def main(argv=None):
@@ -78,7 +75,7 @@ def main(argv=None):
     if not samples:
         raise datasets.DatasetError(f"{args.root}: no image of the split has a ground-truth mask")
     n = ds.n_classes
-    cm = np.zeros((n, n), np.int64)
+    cm = metrics.ConfusionMatrix(n)
     per_t = np.zeros((len(args.thresholds), 2), np.int64)
     work = ([s, args.cams, n, args.thresholds, args.image_input] for s in samples)
     if args.jobs > 1:
@@ -86,16 +83,16 @@ def main(argv=None):
             results = list(pool.map(one_image, *zip(*work), chunksize=4))
     else:
         results = [one_image(*w) for w in work]
-    for c, t in results:
-        cm += c
+    for hist, t in results:
+        cm.hist += hist
         per_t += np.asarray(t)
-    total = int(cm.sum())
-    n_wrong = total - int(np.trace(cm))
+    total = int(cm.hist.sum())
+    n_wrong = total - int(np.trace(cm.hist))
     names = ds.class_names
     print(f"{len(samples)} images, {total:,} pixels scored; CRF labels wrong on "
           f"{100 * n_wrong / total:.2f}%")
     if n_wrong:
-        off = cm.copy()
+        off = cm.hist.copy()
         np.fill_diagonal(off, 0)
         order = np.argsort(off, axis=None)[::-1][:args.confusions]
         print("\n| ground truth -> CRF label | share of the wrong pixels (%) |\n|---|---|")

@@ -65,6 +65,12 @@ def rgb_image(path) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
 
+def image_for(path, image_input: str) -> np.ndarray:
+    """The CRF's image of ``path`` as ``CrfParams.image_input`` asks: "reference" (BGR minus
+    the Caffe means, wrapped) or "rgb". (H, W, 3) uint8."""
+    return crf_image(path) if image_input == "reference" else rgb_image(path)
+
+
 def dense_crf(image: np.ndarray, probs: np.ndarray, p: CrfParams = CrfParams()) -> np.ndarray:
     """Mean-field dense CRF. image (H, W, 3) uint8; probs (L, H, W) (float16 in the
     reference; not renormalised). Returns Q (L, H, W) float32."""

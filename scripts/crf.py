@@ -66,8 +66,7 @@ def one_image(sample: datasets.Sample, args, params: crf.CrfParams) -> str:
         mask = labels
         conf = None
     else:
-        image = crf.crf_image(sample.image) if params.image_input == "reference" \
-            else crf.rgb_image(sample.image)
+        image = crf.image_for(sample.image, params.image_input)
         if image.shape[:2] != tuple(sample.orig_hw):
             raise datasets.DatasetError(f"{sample.image} is {image.shape[1]}x{image.shape[0]} "
                                         f"but its annotation says {sample.orig_hw[1]}x{sample.orig_hw[0]}")

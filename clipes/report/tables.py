@@ -135,7 +135,7 @@ def ignored_pixel_accuracy(crf_labels: dict | None, pseudo: dict | None) -> dict
     labels all of them (pixel accuracy a), the pseudo masks only the confident share c
     (pixel accuracy k over those), so the ignored pixels' accuracy is (a - k c) / (1 - c).
     None when either is missing, they cover other images, or nothing is ignored."""
-    if not crf_labels or not pseudo or miou_of(crf_labels) is None or miou_of(pseudo) is None:
+    if not crf_labels or not pseudo:
         return None
     a, k, c = crf_labels.get("pixel_acc"), pseudo.get("pixel_acc"), pseudo.get("coverage")
     if None in (a, k, c) or not 0 < c < 1 or crf_labels.get("n_images") != pseudo.get("n_images"):
