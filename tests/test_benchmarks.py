@@ -144,11 +144,14 @@ def test_demo_caa_benchmark_prints_every_affinity_and_the_ceiling(tmp_path):
 
 def test_cgl_confidence_benchmark_agrees_with_the_crf_stage(tmp_path):
     """On demo images with the shipped CLIP's CAMs: the share the benchmark says the 0.95
-    threshold ignores is the share the CRF stage's pseudo masks leave out, and each row's
-    error rates add up to the overall one."""
+    threshold ignores is the share the CRF stage's pseudo masks leave out; its table of
+    the CRF's input agrees with the CAM archives counted here; each row's error rates add
+    up to the overall one."""
+    import numpy as np
+
     from conftest import REPO, run_script
 
-    from clipes import datasets, metrics, synthetic
+    from clipes import camstore, crf, datasets, metrics, synthetic
 
     d = synthetic.generate(tmp_path / "data", seed=0, n_train=6, n_val=1)
     data = ["--dataset", "synthetic", "--root", d, "--split", d / "train.txt", "--labels",
@@ -159,17 +162,43 @@ def test_cgl_confidence_benchmark_agrees_with_the_crf_stage(tmp_path):
     ds = datasets.load("synthetic", d, d / "train.txt", classes=list(synthetic.CLASSES),
                        labels_csv=d / "labels.csv")
     coverage = metrics.evaluate_mask_dir(ds.samples, tmp_path / "masks", ds.n_classes)["coverage"]
+    # the CRF's input, counted here from the archives: its argmax labels and normalised max
+    wrong_in = unsure_in = total = 0
+    for s in ds.samples:
+        keys, cams = camstore.load_cams(tmp_path / "cams" / f"{s.id}.npz")
+        probs = np.concatenate([crf.background_score(cams, 1), cams]).astype(np.float64)
+        gt = datasets.load_gt(s, cams.shape[1:], ds.n_classes)
+        valid = gt != 255
+        wrong_in += int((crf.cam_labels(keys, cams, 1) != gt)[valid].sum())
+        unsure_in += int((probs.max(0) / probs.sum(0) < 0.95)[valid].sum())
+        total += int(valid.sum())
 
     out = run_benchmark("cgl_confidence", *data, "--cams", tmp_path / "cams",
                         "--thresholds", "0.95", "0.9999").stdout
-    overall = float(out.split("wrong on ")[1].split("%")[0])
-    rows = {ln.split("|")[1].strip(): [float(c) if c.strip() != "n/a" else 0.0
-                                       for c in ln.strip().strip("|").split("|")[1:]]
-            for ln in out.splitlines() if ln.startswith("| 0.")}
-    assert set(rows) == {"0.95", "0.9999"}, out
-    assert rows["0.95"][0] == pytest.approx(100 * (1 - coverage), abs=0.006)
-    for ignored, wrong_ignored, wrong_kept, share in rows.values():  # n/a: nothing in that part
-        mixed = (ignored * wrong_ignored + (100 - ignored) * wrong_kept) / 100
-        assert mixed == pytest.approx(overall, abs=0.02), out
-        assert share == pytest.approx(ignored * wrong_ignored / overall, abs=0.1), out
-    assert rows["0.9999"][0] >= rows["0.95"][0]
+    after, before = out.split("Before the CRF")
+    assert "(10 mean-field iterations)" in after
+    for part, unsure in ((after, 100 * (1 - coverage)), (before, 100 * unsure_in / total)):
+        overall = float(part.split("wrong on ")[1].split("%")[0])
+        rows = {ln.split("|")[1].strip(): [float(c) if c.strip() != "n/a" else 0.0
+                                           for c in ln.strip().strip("|").split("|")[1:]]
+                for ln in part.splitlines() if ln.startswith("| 0.")}
+        assert set(rows) == {"0.95", "0.9999"}, out
+        assert rows["0.95"][0] == pytest.approx(unsure, abs=0.006), out
+        for ignored, wrong_ignored, wrong_kept, share in rows.values():  # n/a: nothing there
+            mixed = (ignored * wrong_ignored + (100 - ignored) * wrong_kept) / 100
+            assert mixed == pytest.approx(overall, abs=0.02), out
+            assert share == pytest.approx(ignored * wrong_ignored / overall, abs=0.1), out
+        assert rows["0.9999"][0] >= rows["0.95"][0]
+    assert float(before.split("wrong on ")[1].split("%")[0]) == pytest.approx(
+        100 * wrong_in / total, abs=0.006)
+
+    one = run_benchmark("cgl_confidence", *data, "--cams", tmp_path / "cams", "--iterations",
+                        "1", "--thresholds", "0.95").stdout
+    assert "(1 mean-field iteration)" in one
+    row95 = (lambda text: next(ln for ln in text.split("Before the CRF")[1].splitlines()  # noqa: E731
+                               if ln.startswith("| 0.95 |")))
+    assert row95(one) == row95(out)  # the CRF's input does not depend on its iterations
+    bad = run_benchmark("cgl_confidence", *data, "--cams", tmp_path / "cams", "--iterations",
+                        "0", check=False)
+    assert bad.returncode != 0 and "--iterations 0: give 1 or more" in bad.stderr
+    assert "Traceback" not in bad.stderr
