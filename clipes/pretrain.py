@@ -43,6 +43,11 @@ class TinyClipConfig:
     # (0: plain CLIP training), and the colour distance its target links patches within
     group_loss: float = 0.0
     group_sigma: float = 0.05
+    # which attention the grouping loss constrains (GROUP_SCOPES; see grouping_loss)
+    group_scope: str = "mean"
+
+
+GROUP_SCOPES = ("mean", "block", "early", "early+mean")
 
 
 def build_tiny_clip(cfg: TinyClipConfig):
@@ -96,7 +101,8 @@ class AttentionProbe:
         for h in self.handles:
             h.remove()
 
-    def pop(self) -> torch.Tensor:
+    def pop(self, per_block: bool = False) -> torch.Tensor:
+        """(B, P, P); with ``per_block`` each block's map, (K, B, P, P)."""
         maps = []
         for blk, x in zip(self.blocks, self.inputs):  # x (B, L, D): open_clip is batch first
             mha = blk.attn
@@ -108,8 +114,39 @@ class AttentionProbe:
             k = k.unflatten(-1, (heads, d // heads)).transpose(1, 2)
             maps.append(torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5, -1).mean(1))
         self.inputs = []
-        a = torch.stack(maps).mean(0)[:, 1:, 1:]
+        if per_block:
+            a = torch.stack(maps)[..., 1:, 1:]  # (K, B, P, P)
+        else:
+            a = torch.stack(maps).mean(0)[:, 1:, 1:]
         return a / a.sum(-1, keepdim=True)
+
+
+def _cross_entropy(want: torch.Tensor, got: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of -sum_j want log got; want (B, P, P), got (..., B, P, P)."""
+    return -(want * got.clamp_min(1e-8).log()).sum(-1).mean()
+
+
+def grouping_loss(want: torch.Tensor, probe: AttentionProbe, scope: str = "mean") -> torch.Tensor:
+    """The grouping loss of the attention the probe collected, against ``want`` (B, P, P)
+    (:func:`appearance_target`). ``scope`` says which attention it constrains:
+
+    - "mean": the mean over blocks and heads, as CAA averages it (the shipped demo CLIP);
+    - "block": each block's head-mean attention, the cross-entropies averaged;
+    - "early": the same for every block but the last, which is left free;
+    - "early+mean": "early" plus the cross-entropy of the blocks' mean (of their
+      renormalised maps), so the last block may differ from the target only as far as
+      the mean allows.
+    """
+    if scope not in GROUP_SCOPES:
+        raise ValueError(f"grouping scope {scope!r}: expected one of {', '.join(GROUP_SCOPES)}")
+    if scope == "mean":
+        return _cross_entropy(want, probe.pop())
+    blocks = probe.pop(per_block=True)  # (K, B, P, P)
+    loss = _cross_entropy(want, blocks if scope == "block" else blocks[:-1])
+    if scope == "early+mean":
+        avg = blocks.mean(0)
+        loss = loss + _cross_entropy(want, avg / avg.sum(-1, keepdim=True))
+    return loss
 
 
 def train_tiny_clip(images: list | None, captions: list[str] | None, out: Path,
@@ -173,7 +210,7 @@ def train_tiny_clip(images: list | None, captions: list[str] | None, out: Path,
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         if probe is not None:
             want = appearance_target(x * std + mean, cfg.patch_size, cfg.group_sigma)
-            group = -(want * probe.pop().clamp_min(1e-8).log()).sum(-1).mean()
+            group = grouping_loss(want, probe, cfg.group_scope)
             group_losses.append(group.item())
             loss = loss + cfg.group_loss * group
         opt.zero_grad()

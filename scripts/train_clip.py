@@ -44,6 +44,11 @@ def parse_args(argv=None):
                    "to link patches of similar colour (0: plain CLIP training)")
     p.add_argument("--group-sigma", type=float, default=d.group_sigma,
                    help="colour distance (RGB in [0, 1]) within which that loss links patches")
+    p.add_argument("--group-scope", choices=pretrain.GROUP_SCOPES, default=d.group_scope,
+                   help="which attention that loss constrains: the mean over blocks and heads "
+                   "(mean, as CAA averages it), each block's (block), each block's but the "
+                   "last (early), or early plus the mean (early+mean); "
+                   "config/demo/README.md gives what each did")
     p.add_argument("--corpus", type=int, default=0,
                    help="extra generated image-caption pairs (another seed) beside the train split")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -67,7 +72,7 @@ def main(argv=None):
                                   image_size=args.image_size, patch_size=args.patch_size,
                                   vision_layers=args.vision_layers, vision_width=args.vision_width,
                                   pool=args.pool, group_loss=args.group_loss,
-                                  group_sigma=args.group_sigma)
+                                  group_sigma=args.group_sigma, group_scope=args.group_scope)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if args.stream:
         summary = pretrain.train_tiny_clip(None, None, args.out, cfg, log=log,

@@ -47,6 +47,59 @@ def test_attention_probe_gives_the_towers_own_attention_weights():
     assert probe.inputs == []
 
 
+def test_grouping_loss_scopes_constrain_the_blocks_they_name():
+    """Each scope's loss is the cross-entropy of the maps it names, computed here from the
+    blocks' own attention weights (nn.MultiheadAttention, heads averaged, CLS dropped):
+    "early" leaves the last block out, so changing only that block's weights moves
+    "block" and "mean" but not "early"."""
+    import pytest
+
+    torch.manual_seed(0)
+    net = pretrain.build_tiny_clip(pretrain.TinyClipConfig(vision_layers=3)).eval()
+    probe = pretrain.AttentionProbe(net.visual)
+    blocks = list(net.visual.transformer.resblocks)
+    x = torch.randn(2, 3, 96, 96)
+    want = pretrain.appearance_target(torch.rand(2, 3, 96, 96), 12, 0.05)
+
+    def ce(got):
+        return float(-(want * got.clamp_min(1e-8).log()).sum(-1).mean())
+
+    def losses():
+        weights = []
+
+        def keep(block, args):
+            y = block.ln_1(args[0])
+            a = block.attn(y, y, y, need_weights=True)[1][:, 1:, 1:]
+            weights.append(a / a.sum(-1, keepdim=True))
+
+        hooks = [b.register_forward_pre_hook(keep) for b in blocks]
+        got = {}
+        with torch.no_grad():
+            for scope in pretrain.GROUP_SCOPES:
+                net.encode_image(x)
+                got[scope] = float(pretrain.grouping_loss(want, probe, scope))
+        for h in hooks:
+            h.remove()
+        per = [ce(w) for w in weights[:3]]  # one forward pass's three blocks
+        mean_of_normalised = torch.stack(weights[:3]).mean(0)
+        assert got["block"] == pytest.approx(np.mean(per), rel=1e-5)
+        assert got["early"] == pytest.approx(np.mean(per[:2]), rel=1e-5)
+        assert got["early+mean"] == pytest.approx(np.mean(per[:2]) + ce(mean_of_normalised),
+                                                  rel=1e-5)
+        return got
+
+    before = losses()
+    with torch.no_grad():
+        blocks[-1].attn.in_proj_weight.mul_(3.0)  # the last block's attention only
+    after = losses()
+    assert after["early"] == pytest.approx(before["early"], rel=1e-6)
+    for scope in ("mean", "block", "early+mean"):
+        assert abs(after[scope] - before[scope]) > 1e-3, (scope, before, after)
+    with pytest.raises(ValueError, match="grouping scope 'last'"):
+        pretrain.grouping_loss(want, probe, "last")
+    probe.remove()
+
+
 def test_grouping_loss_teaches_the_attention_the_target(tmp_path):
     """A few steps with a heavy grouping loss bring the tower's attention closer to the
     appearance target on images it has not seen (cross-entropy falls), and the summary
