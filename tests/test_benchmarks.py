@@ -166,7 +166,7 @@ def test_cgl_confidence_benchmark_agrees_with_the_crf_stage(tmp_path):
     wrong_in = unsure_in = total = 0
     for s in ds.samples:
         keys, cams = camstore.load_cams(tmp_path / "cams" / f"{s.id}.npz")
-        probs = np.concatenate([crf.background_score(cams, 1), cams]).astype(np.float64)
+        probs = np.concatenate([crf.background_score(cams, 1), cams]).astype(np.float32)
         gt = datasets.load_gt(s, cams.shape[1:], ds.n_classes)
         valid = gt != 255
         wrong_in += int((crf.cam_labels(keys, cams, 1) != gt)[valid].sum())
