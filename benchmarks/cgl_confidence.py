@@ -62,9 +62,9 @@ def crf_input(keys, cams: np.ndarray, bg_power: float):
     """What the CRF starts from: labels (H, W) (the argmax of [background; CAMs], as
     ``crf.cam_labels``) and confidence (H, W), the max of those scores normalised to sum 1
     per pixel (the CRF's own normalisation of its unary)."""
-    probs = np.concatenate([crf.background_score(cams, bg_power), cams]).astype(np.float32)
-    conf = probs.max(0) / np.maximum(probs.sum(0), 1e-12)
-    return crf.cam_labels(keys, cams, bg_power), conf
+    scores = crf.with_background(cams, bg_power)
+    probs = scores.astype(np.float32)
+    return crf.argmax_labels(keys, scores), probs.max(0) / np.maximum(probs.sum(0), 1e-12)
 
 
 def _per_threshold(conf, wrong, thresholds):
@@ -93,9 +93,9 @@ def one_image(sample, cam_dirs, n_classes: int, thresholds, image_input: str, it
 def print_thresholds(thresholds, per_t, total: int, n_wrong: int) -> None:
     print("\n| threshold | ignored (%) | wrong among ignored (%) | wrong among kept (%) | "
           "wrong pixels ignored (%) |\n|---|---|---|---|---|")
+    cell = (lambda a, b: f"{100 * a / b:.2f}" if b else "n/a")  # noqa: E731
     for t, (ign, ign_wrong) in zip(thresholds, per_t):
         kept, kept_wrong = total - ign, n_wrong - ign_wrong
-        cell = (lambda a, b: f"{100 * a / b:.2f}" if b else "n/a")  # noqa: E731
         print(f"| {t:g} | {100 * ign / total:.2f} | {cell(ign_wrong, ign)} | "
               f"{cell(kept_wrong, kept)} | {cell(ign_wrong, n_wrong)} |")
 

@@ -37,12 +37,22 @@ def background_score(cams: np.ndarray, power: float) -> np.ndarray:
     return np.power(1 - np.max(cams, axis=0, keepdims=True), cams.dtype.type(power))
 
 
-def cam_labels(keys: np.ndarray, cams: np.ndarray, power: float) -> np.ndarray:
-    """Argmax labels of [background; cams]: 0 or keys[k] + 1 (first maximum wins, so the
-    background wins ties). cams (K, H, W) -> (H, W) int64."""
-    scores = np.concatenate([background_score(cams, power), cams], axis=0)
+def with_background(cams: np.ndarray, power: float) -> np.ndarray:
+    """[background; cams], what the labels and the CRF are computed from, in the dtype of
+    ``cams``. cams (K, H, W) -> (1 + K, H, W)."""
+    return np.concatenate([background_score(cams, power), cams], axis=0)
+
+
+def argmax_labels(keys: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Argmax labels of scores (1 + K, H, W) laid out as :func:`with_background`: 0 or
+    keys[k] + 1 (first maximum wins, so the background wins ties). -> (H, W) int64."""
     lut = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1])
     return lut[np.argmax(scores, axis=0)]
+
+
+def cam_labels(keys: np.ndarray, cams: np.ndarray, power: float) -> np.ndarray:
+    """Argmax labels of [background; cams]. cams (K, H, W) -> (H, W) int64."""
+    return argmax_labels(keys, with_background(cams, power))
 
 
 def crf_image(path) -> np.ndarray:
@@ -98,7 +108,7 @@ def crf_pseudo_mask(image: np.ndarray, keys: np.ndarray, cams: np.ndarray,
     step, pseudo mask (H, W) uint8 with 255 where max Q < p.confidence, max Q (H, W)).
     """
     cams = np.asarray(cams)
-    probs = np.concatenate([background_score(cams, p.bg_power), cams], axis=0)
+    probs = with_background(cams, p.bg_power)
     q = dense_crf(image, probs, p)
     lut = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1]).astype(np.uint8)
     labels = lut[np.argmax(q, axis=0)]
