@@ -38,6 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=1000, help="CLIP training steps")
     p.add_argument("--group-loss", type=float, default=1.0,
                    help="weight of the attention grouping loss (the shipped recipe's: 1)")
+    p.add_argument("--group-scope", default="mean",
+                   help="which attention the grouping loss constrains (scripts/train_clip.py "
+                   "--group-scope; the shipped recipe's: mean)")
     p.add_argument("--n-train", type=int, default=400, help="demo training images")
     p.add_argument("--n-val", type=int, default=80, help="demo validation images")
     p.add_argument("--workdir", type=Path, required=True, help="folder for the runs")
@@ -58,7 +61,8 @@ def config(args) -> dict:
     for s in args.seeds:
         clip = {"model": {"pretrain": {"enabled": True, "steps": args.steps, "seed": s,
                                        "stream": True, "pool": "avg",
-                                       "group_loss": args.group_loss}}}
+                                       "group_loss": args.group_loss,
+                                       "group_scope": args.group_scope}}}
         variants[f"seed{s}"] = clip
         variants[f"seed{s}_no_caa"] = {**clip, "cam": {"caa": False}}
     demo["variants"] = variants

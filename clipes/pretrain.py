@@ -8,6 +8,7 @@ dict, so the CAM stage loads it exactly as it loads ViT-B-16.pt.
 from __future__ import annotations
 
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,8 +165,8 @@ def train_tiny_clip(images: list | None, captions: list[str] | None, out: Path,
     training do not teach a tiny tower. CAA refines the CAM with that attention.
 
     Augmentation: random horizontal flips and 90-degree rotations (shape classes are
-    invariant to both). Returns a summary (steps, seconds, final loss, the token ids the
-    captions used).
+    invariant to both). Returns a summary (the recipe ``cfg``, whether it streamed, steps,
+    seconds, final loss, the token ids the captions used).
     """
     import open_clip
 
@@ -231,7 +232,8 @@ def train_tiny_clip(images: list | None, captions: list[str] | None, out: Path,
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with atomic_path(out, suffix=".pt") as tmp:
         torch.save(state, tmp)
-    return {"steps": step, "seconds": time.time() - t0, "final_loss": float(np.mean(losses[-50:])),
+    return {"recipe": dataclasses.asdict(cfg), "stream": stream is not None,
+            "steps": step, "seconds": time.time() - t0, "final_loss": float(np.mean(losses[-50:])),
             "params": sum(p.numel() for p in model.parameters()), "tokens_seen": sorted(seen),
             **({"final_grouping_loss": float(np.mean(group_losses[-50:]))} if group_losses else {})}
 

@@ -122,13 +122,22 @@ def test_gpu_benchmark_script_runs_its_steps_on_the_cpu(tmp_path):
 
 
 def test_demo_seeds_benchmark_prints_mean_and_spread_per_stage(tmp_path):
+    import json
+
     proc = run_benchmark("demo_seeds", "--seeds", "0", "1", "--steps", "2", "--n-train", "6",
-                         "--n-val", "2", "--workdir", tmp_path / "w")
+                         "--n-val", "2", "--group-scope", "early+mean", "--workdir", tmp_path / "w")
     table = proc.stdout[proc.stdout.index("| stage |"):]
     assert "| seed 0 | seed 1 | mean | sd |" in table
     for stage in ("initial CAM", "+ CAA", "CRF pseudo masks (CAA)", "CRF pseudo masks (no CAA)",
                   "trivial: centre box"):
         assert f"| {stage}" in table, table
+    # every seed's CLIP was trained with the recipe asked for, which its summary records
+    for s in (0, 1):
+        summary = json.loads((tmp_path / "w" / "results" / "demo" / f"seed{s}" / "clip"
+                              / "summary.json").read_text())
+        assert summary["steps"] == 2 and summary["stream"]
+        assert summary["recipe"]["seed"] == s and summary["recipe"]["group_scope"] == "early+mean"
+        assert summary["recipe"]["pool"] == "avg" and summary["recipe"]["group_loss"] == 1.0
 
 
 def test_demo_caa_benchmark_prints_every_affinity_and_the_ceiling(tmp_path):

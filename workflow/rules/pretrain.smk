@@ -32,5 +32,6 @@ rule train_clip:
         "--patch-size {params.p[patch_size]} --vision-layers {params.p[vision_layers]} "
         "--vision-width {params.p[vision_width]} --corpus {params.p[corpus]} --pool {params.p[pool]} "
         "--group-loss {params.p[group_loss]} --group-sigma {params.p[group_sigma]} "
+        "--group-scope {params.p[group_scope]} "
         "{params.stream}"
         "--threads {threads} > {log} 2>&1"
