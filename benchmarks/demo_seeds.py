@@ -35,12 +35,13 @@ def parse_args(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="tiny-CLIP seeds")
-    p.add_argument("--steps", type=int, default=1000, help="CLIP training steps")
+    p.add_argument("--steps", type=int, default=2000,
+                   help="CLIP training steps (the shipped recipe's: 2000)")
     p.add_argument("--group-loss", type=float, default=1.0,
                    help="weight of the attention grouping loss (the shipped recipe's: 1)")
-    p.add_argument("--group-scope", default="mean",
+    p.add_argument("--group-scope", default="early+mean",
                    help="which attention the grouping loss constrains (scripts/train_clip.py "
-                   "--group-scope; the shipped recipe's: mean)")
+                   "--group-scope; the shipped recipe's: early+mean)")
     p.add_argument("--n-train", type=int, default=400, help="demo training images")
     p.add_argument("--n-val", type=int, default=80, help="demo validation images")
     p.add_argument("--workdir", type=Path, required=True, help="folder for the runs")
