@@ -131,12 +131,12 @@ def grouping_loss(want: torch.Tensor, probe: AttentionProbe, scope: str = "mean"
     """The grouping loss of the attention the probe collected, against ``want`` (B, P, P)
     (:func:`appearance_target`). ``scope`` says which attention it constrains:
 
-    - "mean": the mean over blocks and heads, as CAA averages it (the shipped demo CLIP);
+    - "mean": the mean over blocks and heads, as CAA averages it (the previous demo CLIP);
     - "block": each block's head-mean attention, the cross-entropies averaged;
     - "early": the same for every block but the last, which is left free;
     - "early+mean": "early" plus the cross-entropy of the blocks' mean (of their
       renormalised maps), so the last block may differ from the target only as far as
-      the mean allows.
+      the mean allows (the shipped demo CLIP, config/demo/README.md).
     """
     if scope not in GROUP_SCOPES:
         raise ValueError(f"grouping scope {scope!r}: expected one of {', '.join(GROUP_SCOPES)}")
