@@ -8,7 +8,7 @@ the compact data-only copy (zeroed unused token rows, compressed) the repository
 config/demo/clip.npz; how that file was made is in config/demo/README.md.
 
     python scripts/train_clip.py --data results/demo/data/synthetic --out clip.pt --steps 600
-    python scripts/train_clip.py --stream --steps 2000 --pool avg --group-loss 1 \
+    python scripts/train_clip.py --stream --steps 2000 --pool avg --group-loss 1 \\
         --group-scope early+mean --out clip.pt --npz clip.npz
 """
 
