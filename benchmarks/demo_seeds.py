@@ -4,8 +4,8 @@
 The demo runs the one tiny CLIP the repository ships (config/demo/clip.npz, seed 1), so
 its CAM, CAA and CRF numbers come from one training. This benchmark retrains the tiny CLIP
 with the same recipe (scripts/train_clip.py --stream, the steps, pooling and grouping loss
-and scope of config/demo/README.md) for each seed, runs the demo's CAM, CRF and evaluation stages with
-each (the workflow, in a folder of its own; no segmentation training) and prints, per
+and scope of config/demo/README.md) for each seed, runs the demo's CAM, CRF and evaluation
+stages with each (the workflow, in a folder of its own; no segmentation training) and prints, per
 stage, every seed's mIoU, the mean and the sample standard deviation, beside the trivial
 baselines. The CLIP trainings run on one thread each, two side by side on 2 CPU cores
 (about 23 minutes a pair for the shipped recipe's 2,000 steps on the development machine;
@@ -33,6 +33,7 @@ STAGES = (("initial CAM", "cams_plain"), ("+ CAA", "cams"), ("CRF pseudo masks (
 
 def parse_args(argv=None):
     from clipes.cli import HelpFormatter
+    from clipes.pretrain import GROUP_SCOPES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="tiny-CLIP seeds")
@@ -40,7 +41,7 @@ def parse_args(argv=None):
                    help="CLIP training steps (the shipped recipe's: 2000)")
     p.add_argument("--group-loss", type=float, default=1.0,
                    help="weight of the attention grouping loss (the shipped recipe's: 1)")
-    p.add_argument("--group-scope", default="early+mean",
+    p.add_argument("--group-scope", default="early+mean", choices=GROUP_SCOPES,
                    help="which attention the grouping loss constrains (scripts/train_clip.py "
                    "--group-scope; the shipped recipe's: early+mean)")
     p.add_argument("--n-train", type=int, default=400, help="demo training images")

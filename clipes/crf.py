@@ -110,8 +110,7 @@ def crf_pseudo_mask(image: np.ndarray, keys: np.ndarray, cams: np.ndarray,
     cams = np.asarray(cams)
     probs = with_background(cams, p.bg_power)
     q = dense_crf(image, probs, p)
-    lut = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1]).astype(np.uint8)
-    labels = lut[np.argmax(q, axis=0)]
+    labels = argmax_labels(keys, q).astype(np.uint8)  # q is laid out as [background; cams]
     conf = q.max(axis=0)
     return labels, confidence_mask(labels, conf, p.confidence), conf
 

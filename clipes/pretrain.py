@@ -8,8 +8,7 @@ dict, so the CAM stage loads it exactly as it loads ViT-B-16.pt.
 from __future__ import annotations
 
 import time
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +231,7 @@ def train_tiny_clip(images: list | None, captions: list[str] | None, out: Path,
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with atomic_path(out, suffix=".pt") as tmp:
         torch.save(state, tmp)
-    return {"recipe": dataclasses.asdict(cfg), "stream": stream is not None,
+    return {"recipe": asdict(cfg), "stream": stream is not None,
             "steps": step, "seconds": time.time() - t0, "final_loss": float(np.mean(losses[-50:])),
             "params": sum(p.numel() for p in model.parameters()), "tokens_seen": sorted(seen),
             **({"final_grouping_loss": float(np.mean(group_losses[-50:]))} if group_losses else {})}
